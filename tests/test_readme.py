@@ -1,0 +1,34 @@
+"""The README's set-up commands are the project's contract: CI runs the second one verbatim."""
+
+import pathlib
+import re
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _readme_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```(?:bash|sh)\n(.*?)```", text, flags=re.S)
+    return [b.strip() for b in blocks]
+
+
+def test_readme_opens_with_the_two_setup_commands():
+    commands = _readme_commands()
+    assert len(commands) >= 2, "README must open with two ```bash blocks (run, test)"
+    run_cmd, test_cmd = commands[0], commands[1]
+    assert "pip install ." in run_cmd and "mpt-jax demo" in run_cmd, run_cmd
+    assert 'pip install ".[test]"' in test_cmd and "pytest" in test_cmd, test_cmd
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    test_cmd = _readme_commands()[1]
+    ci_lines = [
+        line.strip()
+        for line in (ROOT / ".ci" / "run").read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    assert test_cmd in ci_lines, f"{test_cmd!r} not found in .ci/run lines {ci_lines!r}"
+
+
+def test_changelog_has_an_unreleased_section():
+    assert "## [Unreleased]" in (ROOT / "CHANGELOG.md").read_text()
