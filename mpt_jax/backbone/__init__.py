@@ -1,0 +1,6 @@
+"""Frozen T5 backbone: configuration, Flax modules with T5X's tree, Hugging Face import."""
+
+from mpt_jax.backbone.config import NAMED_CONFIGS, T5Config, get_config
+from mpt_jax.backbone.t5 import T5
+
+__all__ = ["NAMED_CONFIGS", "T5", "T5Config", "get_config"]
