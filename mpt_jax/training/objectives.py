@@ -1,0 +1,134 @@
+"""Objectives: the losses of :mod:`mpt_jax.training.losses` bound to a prompted model.
+
+An objective is a pure function
+
+    loss_fn(prompt_params, frozen, batch, rng) -> (loss, metrics)
+
+- ``prompt_params``: the trainable prompt tree (``params["prompt"]``); gradients are
+  taken with respect to this argument only.
+- ``frozen``: a dict of everything that does not train. ``frozen["backbone"]`` is the
+  model's parameter tree without ``"prompt"``; distillation adds
+  ``frozen["teacher_prompt"]``. Frozen arrays are arguments (not closure constants),
+  so they are not baked into the compiled program.
+- ``batch``: T5X feature names plus ``task_ids [batch]`` (see docs/ARCHITECTURE.md).
+- ``rng``: a PRNG key for dropout, or ``None`` to run deterministically (evaluation).
+
+``loss`` is a float32 scalar (a mean over the weighted target tokens); ``metrics``
+is a dict of float32 scalars.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+
+from mpt_jax.training import losses
+from mpt_jax.training.state import merge_params
+
+PyTree = Any
+Batch = Mapping[str, jax.Array]
+LossFn = Callable[[PyTree, PyTree, Batch, jax.Array | None], tuple[jax.Array, dict]]
+
+
+def _model_inputs(batch: Batch) -> dict[str, jax.Array]:
+    if "task_ids" not in batch:
+        raise KeyError(
+            "batch has no 'task_ids' feature; use mpt_jax.data's feature converter, which keeps "
+            f"it (features present: {sorted(batch)})"
+        )
+    return {
+        "encoder_input_tokens": batch["encoder_input_tokens"],
+        "decoder_input_tokens": batch["decoder_input_tokens"],
+        "decoder_target_tokens": batch["decoder_target_tokens"],
+        "task_ids": batch["task_ids"],
+    }
+
+
+def _apply_kwargs(rng: jax.Array | None) -> dict[str, Any]:
+    if rng is None:
+        return {"enable_dropout": False}
+    return {"enable_dropout": True, "rngs": {"dropout": rng}}
+
+
+@gin.configurable(denylist=["model"])
+def task_loss_fn(model: nn.Module, *, z_loss: float = 0.0) -> LossFn:
+    """Token cross-entropy of ``model`` (a ``PromptedT5``) on the batch's targets.
+
+    Metrics: ``loss``, ``z_loss``, ``num_tokens`` (``Σ decoder_loss_weights``).
+    """
+
+    def loss_fn(prompt_params, frozen, batch, rng):
+        variables = {"params": merge_params(prompt_params, frozen["backbone"])}
+        logits = model.apply(variables, **_model_inputs(batch), **_apply_kwargs(rng))
+        ce_sum, z_sum, w_sum = losses.cross_entropy_with_logits(
+            logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"], z_loss=z_loss
+        )
+        denom = jnp.maximum(w_sum, 1e-8)
+        loss = ce_sum / denom
+        return loss, {"loss": loss, "z_loss": z_sum / denom, "num_tokens": w_sum}
+
+    return loss_fn
+
+
+@gin.configurable(denylist=["student", "teacher"])
+def distillation_loss_fn(
+    student: nn.Module,
+    teacher: nn.Module,
+    *,
+    distill_weight: float = 0.9,
+    temperature: float = 1.0,
+    hidden_states: str = "encoder",
+    z_loss: float = 0.0,
+) -> LossFn:
+    """MPT source training: task loss + λ (τ² KL(teacher ‖ student) + MSE of hidden states).
+
+    ``student`` and ``teacher`` are ``PromptedT5`` models over the same backbone; the
+    teacher's prompt is a ``TaskPrompts`` generator, so each example is distilled from
+    its own task's teacher prompt (selected by ``task_ids``). The teacher runs without
+    dropout and under ``stop_gradient`` (its prompt lives in ``frozen["teacher_prompt"]``).
+    See :func:`mpt_jax.training.losses.distillation_loss` for the defaults and what
+    ``hidden_states`` selects (λ = 0.9 is recalled from the paper, not verified).
+
+    Metrics: ``loss``, ``task_loss``, ``kl``, ``mse``, ``z_loss``, ``num_tokens``.
+    """
+    if hidden_states not in losses.HIDDEN_CHOICES:
+        raise ValueError(
+            f"hidden_states must be one of {losses.HIDDEN_CHOICES}, got {hidden_states!r}"
+        )
+
+    def loss_fn(prompt_params, frozen, batch, rng):
+        if "teacher_prompt" not in frozen:
+            raise KeyError("distillation needs frozen['teacher_prompt'] (the teachers' prompts)")
+        inputs = _model_inputs(batch)
+        s_logits, s_hidden = student.apply(
+            {"params": merge_params(prompt_params, frozen["backbone"])},
+            **inputs,
+            **_apply_kwargs(rng),
+            method="forward_with_hidden",
+        )
+        teacher_params = jax.lax.stop_gradient(
+            merge_params(frozen["teacher_prompt"], frozen["backbone"])
+        )
+        t_logits, t_hidden = teacher.apply(
+            {"params": teacher_params}, **inputs, enable_dropout=False, method="forward_with_hidden"
+        )
+        loss, metrics = losses.distillation_loss(
+            s_logits,
+            t_logits,
+            s_hidden,
+            t_hidden,
+            batch,
+            distill_weight=distill_weight,
+            temperature=temperature,
+            hidden_states=hidden_states,
+            z_loss=z_loss,
+        )
+        metrics = {**metrics, "loss": loss, "num_tokens": jnp.sum(batch["decoder_loss_weights"])}
+        return loss, metrics
+
+    return loss_fn
