@@ -49,6 +49,17 @@ def test_converts_to_t5x_features_with_task_ids():
     }
 
 
+def test_task_level_ids_of_shape_one_become_scalars():
+    ds = tf.data.Dataset.from_tensor_slices(
+        {"inputs": [[5, 1]], "targets": [[6, 1]], "task_ids": [[3]]}
+    )
+    lengths = {**LENGTHS, "task_ids": 1}  # what seqio's evaluator passes
+    (ex,) = PromptEncDecFeatureConverter()(ds, lengths).as_numpy_iterator()
+    assert ex["task_ids"].shape == () and ex["task_ids"] == 3
+    with pytest.raises(ValueError, match="length of 'task_ids' must be 1; got 2"):
+        PromptEncDecFeatureConverter()(ds, {**LENGTHS, "task_ids": 2})
+
+
 def test_packing_and_missing_task_ids_are_refused():
     with pytest.raises(ValueError, match="prompts cannot be packed"):
         PromptEncDecFeatureConverter(pack=True)

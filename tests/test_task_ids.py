@@ -62,7 +62,7 @@ def test_add_task_ids_uses_active_index_and_gin():
         out = list(add_task_ids(ds, task_name="mpt_glue_qqp").as_numpy_iterator())
         with pytest.raises(TaskIndexError, match="'mpt_glue_rte' is not in"):
             add_task_ids(ds, task_name="mpt_glue_rte")
-    assert [int(ex["task_ids"]) for ex in out] == [2, 2]
+    assert [ex["task_ids"].tolist() for ex in out] == [[2], [2]]
     assert out[0]["task_ids"].dtype == "int32"
     with gin.unlock_config():
         gin.parse_config("active_task_index.task_names = ['x', 'mpt_glue_qqp']")

@@ -1,13 +1,16 @@
 """The seqio feature converter for prompted encoder-decoder models: T5X features + task ids.
 
 ``PromptEncDecFeatureConverter`` turns task examples ``{"inputs": [S'], "targets": [T'],
-"task_ids": []}`` into the batch contract of ``docs/ARCHITECTURE.md``::
+"task_ids": [1] or []}`` into the batch contract of ``docs/ARCHITECTURE.md``::
 
     encoder_input_tokens   int32 [S]   inputs, zero-padded to S
     decoder_target_tokens  int32 [T]   targets, zero-padded to T
     decoder_input_tokens   int32 [T]   targets shifted right, starting with bos_id (0)
     decoder_loss_weights   int32 [T]   1 at non-padding target positions
     task_ids               int32 []    the example's task id (batched: [B])
+
+Task feature lengths may name ``task_ids`` (seqio's evaluator measures every output
+feature, so it passes ``"task_ids": 1``) or leave it out (T5X's ``DatasetConfig``).
 
 It speaks seqio's ``FeatureConverter`` protocol, so T5X (``DatasetConfig``,
 ``SeqIOEvaluator``) and our own runner use it unchanged.
@@ -245,11 +248,19 @@ class PromptEncDecFeatureConverter(seqio.FeatureConverter):
                 "task's preprocessors."
             )
         spec = ds.element_spec["task_ids"]
-        if spec.dtype != tf.int32 or spec.shape.rank != 0:
+        if spec.dtype != tf.int32 or spec.shape.rank not in (0, 1):
             raise ValueError(
-                f"'task_ids' must be an int32 scalar per example; got {spec.dtype.name} of "
-                f"shape {spec.shape}."
+                f"'task_ids' must be int32 of shape [] or [1] per example; got "
+                f"{spec.dtype.name} of shape {spec.shape}."
             )
+        task_feature_lengths = dict(task_feature_lengths)
+        ids_length = task_feature_lengths.pop("task_ids", 1)
+        if ids_length != 1:
+            raise ValueError(
+                f"The length of 'task_ids' must be 1; got {ids_length} (one id per example)."
+            )
+        if spec.shape.rank == 1:
+            ds = ds.map(_scalar_task_ids, num_parallel_calls=tf.data.AUTOTUNE)
         lengths = {k: v for k, v in task_feature_lengths.items() if k in self.TASK_FEATURES}
         ds = enforce_max_lengths(
             ds, lengths, truncation=self._truncation, counts=self._truncation_counts
@@ -290,6 +301,16 @@ class PromptEncDecFeatureConverter(seqio.FeatureConverter):
         for k in self._passthrough_features:
             lengths[k] = task_feature_lengths[k]
         return lengths
+
+
+def _scalar_task_ids(example):
+    """``task_ids [1] -> []``; an example with another number of ids fails loudly."""
+    ids = example["task_ids"]
+    check = tf.debugging.assert_equal(
+        tf.size(ids), 1, message="Each example must carry exactly one task id."
+    )
+    with tf.control_dependencies([check]):
+        return {**example, "task_ids": tf.reshape(ids, [])}
 
 
 def model_input_shapes(

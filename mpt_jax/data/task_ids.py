@@ -8,8 +8,11 @@ run resumes, or a target run loads a source checkpoint by task name, the saved i
 checked against the current one with :func:`check_compatible`, so a row is never read for
 the wrong task.
 
-The ``task_ids`` feature (int32 scalar per example) is added by the seqio preprocessor
-:func:`add_task_ids`. Tasks are registered once but used by runs with different
+The ``task_ids`` feature is added by the seqio preprocessor :func:`add_task_ids`, as an
+int32 vector of length one per example (``[1]``): tasks declare it as an output feature so
+that seqio mixtures keep it and seqio's evaluator can measure it (both assume rank-1
+features); the feature converter turns it into the scalar per example (``[B]`` per batch)
+that the model takes. Tasks are registered once but used by runs with different
 mappings (MNLI is id 0 in the source mixture and may be id 3 in a GLUE target run), so
 the preprocessor looks the id up in the *active* index when the dataset is built:
 
@@ -31,6 +34,7 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 
 import gin
+import seqio
 import tensorflow as tf
 
 FORMAT_VERSION = 1
@@ -135,8 +139,6 @@ class TaskIndex:
     @classmethod
     def from_mixture(cls, mixture_or_task: str) -> TaskIndex:
         """The tasks of a registered seqio mixture, in the mixture's order (one task: itself)."""
-        import seqio  # Imported here so that ``import mpt_jax.data.task_ids`` stays light.
-
         provider = seqio.get_mixture_or_task(mixture_or_task)
         if isinstance(provider, seqio.Mixture):
             return cls(tuple(task.name for task in provider.tasks))
@@ -218,10 +220,22 @@ def use_task_index(index: TaskIndex) -> Iterator[TaskIndex]:
         _ACTIVE.pop()
 
 
+TASK_IDS_FEATURE = seqio.Feature(
+    vocabulary=seqio.PassThroughVocabulary(size=0),
+    add_eos=False,
+    required=True,
+    dtype=tf.int32,
+    rank=1,
+)
+"""The output feature every prompted task declares for ``task_ids`` (``[1]`` per example)."""
+
+
 def add_task_ids(
     dataset: tf.data.Dataset, *, task_name: str, index: TaskIndex | None = None
 ) -> tf.data.Dataset:
-    """seqio preprocessor: adds ``task_ids`` (int32 scalar) to every example.
+    """seqio preprocessor: adds ``task_ids`` (int32 ``[1]``) to every example.
+
+    Place it after tokenization (``seqio.preprocessors.tokenize`` would try to encode it).
 
     Args:
       dataset: examples (dicts of tensors).
@@ -230,10 +244,10 @@ def add_task_ids(
       index: the mapping; defaults to :func:`active_task_index` at dataset-build time.
 
     Returns:
-      The same examples with ``task_ids = index.id(task_name)``.
+      The same examples with ``task_ids = [index.id(task_name)]``.
     """
     index = active_task_index() if index is None else index
-    task_id = tf.constant(index.id(task_name), dtype=tf.int32)
+    task_id = tf.constant([index.id(task_name)], dtype=tf.int32)
 
     def _add(example):
         if "task_ids" in example:
