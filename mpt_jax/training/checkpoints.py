@@ -1,0 +1,203 @@
+"""Orbax checkpoints of a prompt run: the prompt tree, its optimizer state, and metadata.
+
+A checkpoint directory ``<dir>/<step>/`` holds three orbax items:
+
+- ``params``: the prompt tree (``TrainState.params``), restorable on its own (a source
+  checkpoint read by a target run needs nothing else);
+- ``opt_state``: the optimizer state of the prompt tree;
+- ``meta`` (JSON): ``step``, ``data_position`` (batches consumed), ``task_names`` (the
+  task-id mapping, id order), ``backbone`` (how the frozen backbone was obtained: a path
+  or ``"random:<seed>"`` — the backbone itself is never copied), ``format_version``, and
+  whatever the caller adds under ``extra``.
+
+Guarantees:
+
+- Atomic: orbax writes into a temporary directory and renames it when complete, so a
+  run killed mid-write leaves the previous checkpoint as the latest good one (the
+  half-written directory is not listed as a step).
+- Only finite values are written: :meth:`Checkpointer.save` refuses (and logs) a state
+  with a NaN/Inf, so it never replaces a good checkpoint with a broken one.
+- ``max_to_keep`` newest steps are kept; older ones are deleted after a new one is
+  complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+from mpt_jax.training.state import TrainState
+
+FORMAT_VERSION = 1
+PyTree = Any
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, or that does not fit the run loading it."""
+
+
+def tree_is_finite(tree: PyTree) -> bool:
+    """True when every floating-point leaf of ``tree`` is free of NaN and Inf."""
+    for leaf in jax.tree.leaves(tree):
+        if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact) and not bool(
+            np.all(np.isfinite(np.asarray(leaf)))
+        ):
+            return False
+    return True
+
+
+@gin.configurable(denylist=["directory"])
+class Checkpointer:
+    """Saves and restores :class:`TrainState` plus run metadata under ``directory``.
+
+    Args:
+      directory: the run's checkpoint folder (created if missing).
+      max_to_keep: how many of the newest checkpoints to keep (None keeps all).
+      async_save: write in a background thread (call :meth:`wait` before reading).
+    """
+
+    def __init__(
+        self, directory: str | os.PathLike, *, max_to_keep: int | None = 3, async_save: bool = False
+    ):
+        if max_to_keep is not None and max_to_keep < 1:
+            raise ValueError(f"max_to_keep must be >= 1 or None, got {max_to_keep}")
+        self.directory = os.path.abspath(os.fspath(directory))
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save
+        )
+        self._manager = ocp.CheckpointManager(
+            self.directory, options=options, item_names=("params", "opt_state", "meta")
+        )
+
+    # -- queries ---------------------------------------------------------------------
+
+    def latest_step(self) -> int | None:
+        """The newest complete checkpoint's step, or None when there is none."""
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
+
+    # -- writing ---------------------------------------------------------------------
+
+    def save(
+        self,
+        state: TrainState,
+        *,
+        data_position: int,
+        task_names: tuple[str, ...] | list[str],
+        backbone: str,
+        extra: Mapping[str, Any] | None = None,
+        force: bool = False,
+    ) -> bool:
+        """Write ``state`` at ``state.step``. Returns False (and writes nothing) when a
+        parameter or optimizer value is not finite, or the step already exists."""
+        step = int(state.step)
+        if not tree_is_finite((state.params, state.opt_state)):
+            log.error(
+                "Not saving step %d: the prompt or optimizer state holds NaN/Inf; "
+                "the latest good checkpoint (step %s) stays.", step, self.latest_step(),
+            )  # fmt: skip
+            return False
+        if step in self._manager.all_steps():
+            return False
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "step": step,
+            "data_position": int(data_position),
+            "task_names": list(task_names),
+            "backbone": backbone,
+            "extra": dict(extra or {}),
+        }
+        args = ocp.args.Composite(
+            params=ocp.args.StandardSave(state.params),
+            opt_state=ocp.args.StandardSave(state.opt_state),
+            meta=ocp.args.JsonSave(meta),
+        )
+        saved = self._manager.save(step, args=args, force=force)
+        return bool(saved)
+
+    def wait(self) -> None:
+        """Block until a background save is complete."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+    # -- reading ---------------------------------------------------------------------
+
+    def _step_or_latest(self, step: int | None) -> int:
+        if step is None:
+            step = self.latest_step()
+            if step is None:
+                raise CheckpointError(f"no checkpoint in {self.directory!r}")
+        elif step not in self._manager.all_steps():
+            raise CheckpointError(
+                f"no checkpoint for step {step} in {self.directory!r}; steps: {self.all_steps()}"
+            )
+        return step
+
+    def restore_meta(self, step: int | None = None) -> dict[str, Any]:
+        step = self._step_or_latest(step)
+        return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))[
+            "meta"
+        ]
+
+    def restore_params(self, step: int | None = None, target: PyTree | None = None) -> PyTree:
+        """The prompt tree alone (numpy leaves when ``target`` is None)."""
+        step = self._step_or_latest(step)
+        restore = ocp.args.StandardRestore(_abstract(target) if target is not None else None)
+        return self._manager.restore(step, args=ocp.args.Composite(params=restore))["params"]
+
+    def restore(self, target: TrainState, step: int | None = None) -> tuple[TrainState, dict]:
+        """``(state, meta)`` at ``step`` (default: the latest), shaped like ``target``.
+
+        Raises:
+          CheckpointError: when there is no such checkpoint, or its prompt tree does not
+            have the structure and shapes of ``target.params``.
+        """
+        step = self._step_or_latest(step)
+        _check_tree_fits(self.restore_params(step), target.params, self.directory, step)
+        restored = self._manager.restore(
+            step,
+            args=ocp.args.Composite(
+                params=ocp.args.StandardRestore(_abstract(target.params)),
+                opt_state=ocp.args.StandardRestore(_abstract(target.opt_state)),
+                meta=ocp.args.JsonRestore(),
+            ),
+        )
+        meta = restored["meta"]
+        state = TrainState(
+            step=jnp.asarray(meta["step"], jnp.int32),
+            params=restored["params"],
+            opt_state=restored["opt_state"],
+        )
+        return state, meta
+
+
+def _abstract(tree: PyTree) -> PyTree:
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x)), tree)
+
+
+def _check_tree_fits(saved: PyTree, target: PyTree, directory: str, step: int) -> None:
+    saved_shapes = {
+        jax.tree_util.keystr(k): np.shape(v) for k, v in jax.tree_util.tree_leaves_with_path(saved)
+    }
+    target_shapes = {
+        jax.tree_util.keystr(k): np.shape(v) for k, v in jax.tree_util.tree_leaves_with_path(target)
+    }
+    if saved_shapes != target_shapes:
+        raise CheckpointError(
+            f"the prompt tree in {directory!r} step {step} does not fit this run's prompt: "
+            f"saved {saved_shapes}, expected {target_shapes}"
+        )
