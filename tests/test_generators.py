@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 from mpt_jax.prompts import (
+    ComposedPrompt,
+    HierarchicalPrompt,
     MultitaskPrompt,
     SinglePrompt,
     TaskPrompts,
@@ -161,3 +163,231 @@ def test_output_dtype_follows_embedded_inputs(mpt):
     module, variables, _ = mpt
     out = module.apply(variables, np.array([0]), jnp.zeros((1, 2, D), jnp.bfloat16))
     assert out.dtype == jnp.bfloat16
+
+
+# --- ComposedPrompt -----------------------------------------------------------------------
+
+COMPOSITIONS = ("hadamard", "add", "concat", "weighted", "gated", "attention")
+SEQ = 5
+X = np.random.default_rng(2).normal(size=(len(IDS), SEQ, D)).astype(np.float32)
+MASK = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0], [1, 1, 0, 0, 0]])
+
+
+def _random_like(params, seed=3):
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda x: rng.normal(size=x.shape).astype(np.float32), params)
+
+
+def _composed(composition, rank):
+    return ComposedPrompt(
+        num_tasks=T, length=L, embed_dim=D, composition=composition, task_rank=rank,
+        task_length=2 if composition == "concat" else None,
+        pool_size=2 if composition == "attention" else 0, attention_hidden=3,
+    )  # fmt: skip
+
+
+def _sig(x):
+    return 1 / (1 + np.exp(-x))
+
+
+def _composed_numpy(composition, p, ids, x, mask):
+    """ComposedPrompt written out example by example in numpy."""
+    outs = []
+    for b, k in enumerate(ids):
+        t = p["task_prompts"][k] if "task_prompts" in p else p["task_cols"][k] @ p["task_rows"][k]
+        s = p.get("shared")
+        if composition == "hadamard":
+            outs.append(s * t)
+        elif composition == "add":
+            outs.append(s + t)
+        elif composition == "concat":
+            outs.append(np.concatenate([s, t]))
+        elif composition == "weighted":
+            w = _sig(p["task_weights"][k])
+            outs.append((1 - w) * s + w * t)
+        elif composition == "gated":
+            g = _sig(s @ p["gate_kernel"][0] + t @ p["gate_kernel"][1] + p["gate_bias"])
+            outs.append(g[:, None] * s + (1 - g[:, None]) * t)
+        else:  # attention, ATTEMPT
+            q = x[b][mask[b].astype(bool)].max(axis=0)
+            h = q @ p["attn_down"]["kernel"] + p["attn_down"]["bias"]
+            h = h * _sig(h)
+            h = h @ p["attn_up"]["kernel"] + p["attn_up"]["bias"]
+            h = (h - h.mean()) / np.sqrt(h.var() + 1e-6)
+            q = h * p["attn_norm"]["scale"] + p["attn_norm"]["bias"]
+            pool = np.concatenate([p["source_prompts"], t[None]])  # [P + 1, L, D]
+            scores = pool.max(axis=1) @ q / np.sqrt(D)
+            a = np.exp(scores - scores.max())
+            a /= a.sum()
+            outs.append(t + np.einsum("k,kld->ld", a, pool))
+    return np.stack(outs)
+
+
+@pytest.mark.parametrize("rank", [None, 2])
+@pytest.mark.parametrize("composition", COMPOSITIONS)
+def test_composed_prompt_matches_formula_and_mixed_batch(composition, rank):
+    module = _composed(composition, rank)
+    variables = module.init(jax.random.key(0), IDS, X, MASK)
+    params = _random_like(nn.unbox(variables)["params"])
+    out = np.asarray(module.apply({"params": params}, IDS, X, MASK))
+    assert out.shape == (len(IDS), module.prompt_length, D)
+    expected = _composed_numpy(composition, params, IDS, X, MASK)
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+    stacked = np.concatenate(
+        [module.apply({"params": params}, IDS[b : b + 1], X[b : b + 1], MASK[b : b + 1])
+         for b in range(len(IDS))]
+    )  # fmt: skip
+    np.testing.assert_allclose(out, stacked, rtol=1e-5, atol=1e-5)
+    names = _names(variables)
+    if rank is None:
+        assert names["task_prompts"] == ("tasks", "prompt", "embed")
+    else:
+        assert names["task_cols"] == ("tasks", "prompt", "rank")
+        assert names["task_rows"] == ("tasks", "rank", "embed")
+    for leaf in jax.tree.leaves(names, is_leaf=lambda x: isinstance(x, tuple)):
+        assert all(isinstance(n, str) for n in leaf)  # every axis is named
+
+
+def test_composed_prompt_jit_and_gradient_against_finite_differences():
+    module = _composed("gated", 2)
+    params = _random_like(nn.unbox(module.init(jax.random.key(0), IDS, X))["params"])
+
+    def loss(p):
+        return jnp.sum(jnp.sin(module.apply({"params": p}, IDS)))
+
+    grads = jax.jit(jax.grad(loss))(params)
+    eps = 1e-2
+    for name in ("shared", "task_cols", "task_rows", "gate_kernel"):
+        flat = np.asarray(params[name]).ravel()
+        for i in (0, flat.size // 2, flat.size - 1):
+            up, down = flat.copy(), flat.copy()
+            up[i] += eps
+            down[i] -= eps
+            plus = loss({**params, name: up.reshape(params[name].shape)})
+            minus = loss({**params, name: down.reshape(params[name].shape)})
+            numeric = (plus - minus) / (2 * eps)
+            np.testing.assert_allclose(np.asarray(grads[name]).ravel()[i], numeric, atol=2e-2)
+
+
+@pytest.mark.parametrize(
+    "composition,rank", [("hadamard", None), ("hadamard", 2), ("add", None), ("add", 1)]
+)
+def test_fresh_composed_prompt_starts_at_shared(composition, rank):
+    module = _composed(composition, rank)
+    variables = module.init(jax.random.key(0), IDS, None)
+    shared = nn.unbox(variables)["params"]["shared"]
+    out = module.apply(variables, IDS, None)
+    np.testing.assert_allclose(out, np.broadcast_to(shared, out.shape), atol=2e-2)
+
+
+def test_fresh_weighted_and_gated_start_at_the_midpoint():
+    for composition in ("weighted", "gated"):
+        module = _composed(composition, None)
+        variables = module.init(jax.random.key(0), IDS, None)
+        p = nn.unbox(variables)["params"]
+        expected = 0.5 * p["shared"] + 0.5 * np.asarray(p["task_prompts"])[IDS]
+        np.testing.assert_allclose(module.apply(variables, IDS, None), expected, atol=1e-6)
+
+
+def test_composed_prompt_bad_configuration_is_named():
+    with pytest.raises(ValueError, match="'hadamard' needs equal lengths.*4.*task length 3"):
+        ComposedPrompt(num_tasks=2, length=4, embed_dim=D, task_length=3)
+    with pytest.raises(ValueError, match="unknown composition 'mul'"):
+        ComposedPrompt(num_tasks=2, length=4, embed_dim=D, composition="mul")
+    with pytest.raises(ValueError, match="pool_size must be a positive integer, got 0"):
+        ComposedPrompt(num_tasks=2, length=4, embed_dim=D, composition="attention")
+    with pytest.raises(ValueError, match="pool_size=2 is only used by the 'attention'"):
+        ComposedPrompt(num_tasks=2, length=4, embed_dim=D, pool_size=2)
+    module = _composed("attention", None)
+    with pytest.raises(ValueError, match="embedded_inputs must be given"):
+        module.init(jax.random.key(0), IDS, None)
+
+
+# --- HierarchicalPrompt -------------------------------------------------------------------
+
+GROUPS = (0, 1, 0)  # tasks 0, 2 in group 0; task 1 in group 1
+
+
+def _level_numpy(composition, base, part, params, prefix, idx):
+    if composition == "hadamard":
+        return base * part
+    if composition == "add":
+        return base + part
+    if composition == "concat":
+        return np.concatenate([base, part])
+    if composition == "weighted":
+        w = _sig(params[f"{prefix}_weights"][idx])
+        return (1 - w) * base + w * part
+    kernel, bias = params[f"{prefix}_gate_kernel"], params[f"{prefix}_gate_bias"]
+    g = _sig(base @ kernel[0] + part @ kernel[1] + bias)[:, None]
+    return g * base + (1 - g) * part
+
+
+def _part_numpy(params, prefix, idx):
+    if f"{prefix}_prompts" in params:
+        return params[f"{prefix}_prompts"][idx]
+    return params[f"{prefix}_cols"][idx] @ params[f"{prefix}_rows"][idx]
+
+
+@pytest.mark.parametrize(
+    "group_composition,task_composition,group_rank,task_rank",
+    [
+        ("hadamard", "hadamard", 1, 1),
+        ("add", "concat", None, 2),
+        ("weighted", "gated", 2, None),
+        ("concat", "add", 1, None),
+    ],
+)
+def test_hierarchical_prompt_matches_formula(
+    group_composition, task_composition, group_rank, task_rank
+):
+    module = HierarchicalPrompt(
+        task_groups=GROUPS, length=L, embed_dim=D, group_composition=group_composition,
+        task_composition=task_composition, group_rank=group_rank, task_rank=task_rank,
+        group_length=2 if group_composition == "concat" else None,
+        task_length=3 if task_composition == "concat" else None,
+    )  # fmt: skip
+    variables = module.init(jax.random.key(0), IDS, None)
+    names = _names(variables)
+    group_key = "group_prompts" if group_rank is None else "group_cols"
+    assert names[group_key][0] == "groups"
+    params = _random_like(nn.unbox(variables)["params"])
+    out = np.asarray(module.apply({"params": params}, IDS, None))
+    assert out.shape == (len(IDS), module.prompt_length, D)
+    expected = []
+    for k in IDS:
+        g = GROUPS[k]
+        mid = _level_numpy(
+            group_composition, params["shared"], _part_numpy(params, "group", g), params,
+            "group", g,
+        )  # fmt: skip
+        expected.append(
+            _level_numpy(task_composition, mid, _part_numpy(params, "task", k), params, "task", k)
+        )
+    np.testing.assert_allclose(out, np.stack(expected), rtol=1e-4, atol=1e-4)
+    stacked = np.concatenate([module.apply({"params": params}, [k], None) for k in IDS])
+    np.testing.assert_allclose(out, stacked, rtol=1e-5, atol=1e-5)
+
+
+def test_fresh_hierarchical_mpt_starts_at_shared():
+    module = HierarchicalPrompt(task_groups=GROUPS, length=L, embed_dim=D, group_rank=2)
+    variables = module.init(jax.random.key(0), IDS, None)
+    shared = nn.unbox(variables)["params"]["shared"]
+    out = module.apply(variables, IDS, None)
+    np.testing.assert_allclose(out, np.broadcast_to(shared, out.shape), atol=1e-3)
+
+
+def test_hierarchical_bad_groups_are_named():
+    with pytest.raises(ValueError, match=r"task 1 has group id 5, out of range \[0, 2\)"):
+        HierarchicalPrompt(task_groups=(0, 5), num_groups=2, length=L, embed_dim=D)
+    with pytest.raises(ValueError, match=r"groups \[1\] hold no task"):
+        HierarchicalPrompt(task_groups=(0, 2), length=L, embed_dim=D)
+    with pytest.raises(ValueError, match="task_composition 'attention' is not one of"):
+        HierarchicalPrompt(task_groups=(0,), length=L, embed_dim=D, task_composition="attention")
+    with pytest.raises(ValueError, match="'add' needs equal lengths"):
+        HierarchicalPrompt(
+            task_groups=(0,), length=L, embed_dim=D, group_composition="add", group_length=2
+        )
+    module = HierarchicalPrompt(task_groups=GROUPS, length=L, embed_dim=D)
+    with pytest.raises(ValueError, match="task id 3 out of range"):
+        module.init(jax.random.key(0), np.array([3]), None)

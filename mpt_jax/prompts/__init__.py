@@ -6,6 +6,8 @@ to a prompt ``[batch, prompt_length, embed]``; see :mod:`mpt_jax.prompts.generat
 
 from mpt_jax.prompts import compositions, initializers
 from mpt_jax.prompts.generators import (
+    ComposedPrompt,
+    HierarchicalPrompt,
     MultitaskPrompt,
     SinglePrompt,
     TaskPrompts,
@@ -14,6 +16,8 @@ from mpt_jax.prompts.generators import (
 )
 
 __all__ = [
+    "ComposedPrompt",
+    "HierarchicalPrompt",
     "MultitaskPrompt",
     "SinglePrompt",
     "TaskPrompts",

@@ -18,7 +18,7 @@ Written out (``k`` is the example's task)::
     gated:     g   = sigmoid(S·a + T_k·b + c)             (one gate per position)
                P_k = g * S + (1 - g) * T_k
     attention: a   = softmax(keys · q / temperature)      (ATTEMPT, Asai et al. 2022)
-               P   = T_k + sum_j a_j pool_j
+               P   = T_k + sum_j a_j pool_j + a_own T_k   (pool of source prompts + T_k)
 
 ``COMPOSITIONS`` lists the names the generators accept.
 """
@@ -162,27 +162,30 @@ def attention_weights(query: Array, keys: Array, temperature: float | Array) -> 
     Returns:
       ``[batch, pool]`` weights summing to 1 over ``pool``.
     """
-    scores = jnp.einsum("bd,...kd->bk", query, keys) / temperature
-    return jax.nn.softmax(scores, axis=-1)
+    if keys.ndim == 2:
+        scores = jnp.einsum("bd,kd->bk", query, keys)
+    else:
+        scores = jnp.einsum("bd,bkd->bk", query, keys)
+    return jax.nn.softmax(scores / temperature, axis=-1)
 
 
 def attention(pool: Array, task: Array, weights: Array) -> Array:
-    """ATTEMPT's instance prompt ``T_k + sum_j a_j pool_j``.
+    """ATTEMPT's instance prompt ``T_k + sum_j a_j pool_j + a_own T_k``.
+
+    The attention runs over the pool of source prompts followed by the example's
+    own task prompt, and the result is added to the task prompt.
 
     Args:
-      pool: ``[batch, pool, L, embed]`` or ``[pool, L, embed]``; normally the source
-        prompts followed by the example's own task prompt.
-      task: ``[batch, L, embed]`` the example's task prompt.
-      weights: ``[batch, pool]`` from :func:`attention_weights`.
+      pool: ``[pool, L, embed]`` source prompts (the same for every example).
+      task: ``[batch, L, embed]`` the example's task prompt ``T_k``.
+      weights: ``[batch, pool + 1]`` from :func:`attention_weights`; the last
+        column weighs ``T_k`` itself.
 
     Returns:
       ``[batch, L, embed]``.
     """
-    if pool.ndim == 3:
-        mixed = jnp.einsum("bk,kld->bld", weights, pool)
-    else:
-        mixed = jnp.einsum("bk,bkld->bld", weights, pool)
-    return task + mixed
+    mixed = jnp.einsum("bk,kld->bld", weights[:, :-1], pool)
+    return task + mixed + weights[:, -1, None, None] * task
 
 
 def low_rank(cols: Array, rows: Array) -> Array:
