@@ -33,7 +33,7 @@ import seqio
 import tensorflow as tf
 
 from mpt_jax.data import synthetic
-from mpt_jax.data.task_ids import add_task_ids
+from mpt_jax.data.task_ids import TASK_IDS_FEATURE, add_task_ids
 
 PREFIX = "mpt_embedded"
 TRAIN_SIZE, VALIDATION_SIZE, TEST_SIZE = 4096, 256, 512
@@ -94,14 +94,16 @@ def _pretrain_dataset_fn(
 
 def _register_task(name: str, dataset_fn, splits: dict[str, int], with_task_ids: bool) -> None:
     preprocessors = [seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim]
+    features = dict(OUTPUT_FEATURES)
     if with_task_ids:
         preprocessors.append(functools.partial(add_task_ids, task_name=name))
+        features["task_ids"] = TASK_IDS_FEATURE
     seqio.TaskRegistry.add(
         name,
         source=seqio.FunctionDataSource(
             dataset_fn=dataset_fn, splits=tuple(splits), num_input_examples=splits
         ),
-        output_features=OUTPUT_FEATURES,
+        output_features=features,
         preprocessors=preprocessors,
         metric_fns=[accuracy],
     )
