@@ -5,8 +5,9 @@ Registered on import (names for the default benchmark, seed 0, 6 sources, 4 targ
 - ``mpt_embedded_source_{i}`` (i < 6) and ``mpt_embedded_target_{j}`` (j < 4): the
   set-comparison tasks, splits ``train`` (:data:`TRAIN_SIZE`), ``validation``
   (:data:`VALIDATION_SIZE`), ``test`` (:data:`TEST_SIZE`);
-- ``mpt_embedded_target_{j}_{k}shot`` for k in :data:`FEW_SHOT`: the first ``k`` training
-  examples of target ``j`` (balanced: ``k/2`` per label) and the same validation/test;
+- ``mpt_embedded_target_{j}_{k}shot`` for k in :data:`FEW_SHOT`: the ``k``-shot training
+  set of few-shot seed 0 (:meth:`EmbeddedBenchmark.few_shot`, ``k/2`` per label; the demo
+  uses seeds 0, 1, 2) and the same validation/test splits;
 - ``mpt_embedded_pretrain``: the backbone's instructed pretraining mixture (train only);
 - mixtures ``mpt_embedded_source`` and ``mpt_embedded_target`` (equal rates); their task
   order is the task-id order (``active_task_index.mixture = 'mpt_embedded_source'``).
@@ -74,8 +75,11 @@ def _task_dataset_fn(
     benchmark: synthetic.EmbeddedBenchmark,
     task_name: str,
     sizes: dict[str, int],
+    few_shot: bool = False,
 ) -> tf.data.Dataset:
     del shuffle_files, seed  # The examples are fixed by the benchmark's seed.
+    if few_shot and split == "train":
+        return _as_dataset(benchmark.few_shot(task_name, sizes[split], seed=0))
     return _as_dataset(benchmark.examples(task_name, split, sizes[split]))
 
 
@@ -130,7 +134,11 @@ def register(benchmark: synthetic.EmbeddedBenchmark | None = None, prefix: str =
                 for k in FEW_SHOT:
                     sizes = {**full, "train": k}
                     fn = functools.partial(
-                        _task_dataset_fn, benchmark=benchmark, task_name=task.name, sizes=sizes
+                        _task_dataset_fn,
+                        benchmark=benchmark,
+                        task_name=task.name,
+                        sizes=sizes,
+                        few_shot=True,
                     )
                     _register_task(f"{name}_{k}shot", fn, sizes, with_task_ids=True)
         seqio.MixtureRegistry.add(f"{prefix}_{kind}", [(n, 1.0) for n in names])

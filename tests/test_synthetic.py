@@ -51,6 +51,10 @@ def test_determinism_prefixes_and_split_independence(bench):
     assert bench.examples("target_1", "train", 16) == a[:16]
     assert bench.examples("target_1", "test", 32) != a
     assert EmbeddedBenchmark(seed=1).tasks != bench.tasks
+    shots = {s: bench.few_shot("target_1", 32, seed=s) for s in (0, 1)}
+    assert shots[0][:16] == bench.few_shot("target_1", 16, seed=0)
+    assert shots[0] != shots[1] and shots[0] != a
+    assert [e["targets"] for e in shots[1][:16]].count("yes") == 8
 
 
 def test_pretraining_never_shows_a_benchmark_task(bench):
@@ -133,7 +137,7 @@ def test_seqio_tasks_give_the_same_batches(bench):
         got = list(ds.as_numpy_iterator())
     assert len(got) == 16
     expected = synthetic.to_batch(
-        bench.examples("target_2", "train", 16), [2] * 16, input_length=16, target_length=4
+        bench.few_shot("target_2", 16, seed=0), [2] * 16, input_length=16, target_length=4
     )
     for key, value in expected.items():
         np.testing.assert_array_equal(np.stack([g[key] for g in got]), value, err_msg=key)

@@ -276,16 +276,29 @@ class EmbeddedBenchmark:
     def examples(self, task: CompareTask | str, split: str, num: int) -> list[dict[str, str]]:
         """``num`` examples ``{"inputs", "targets"}`` of ``task``'s ``split``.
 
-        Labels alternate ``yes, no, yes, …`` before a shuffle, so any prefix of even
-        length ``k`` holds exactly ``k/2`` of each: ``examples(t, "train", 16)`` is a
-        balanced 16-shot set and a prefix of ``examples(t, "train", 32)``.
+        Labels alternate ``yes, no`` in shuffled pairs, so any prefix of even length
+        ``k`` holds exactly ``k/2`` of each, and ``examples(t, s, 16)`` is a prefix of
+        ``examples(t, s, 32)``.
         """
         task = self.task(task) if isinstance(task, str) else task
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}; got {split!r}.")
+        return self._draw(task, num, _stream("examples", self.seed, self.world, task, split))
+
+    def few_shot(self, task: CompareTask | str, k: int, seed: int) -> list[dict[str, str]]:
+        """A balanced ``k``-shot training set (``k/2`` per label) for few-shot seed ``seed``.
+
+        Drawn from the training distribution with a stream of its own per ``seed``; the
+        16-shot set of a seed is a prefix of its 32-shot set.
+        """
+        task = self.task(task) if isinstance(task, str) else task
+        if k < 2 or k % 2:
+            raise ValueError(f"k must be an even number >= 2 (balanced labels); got {k}.")
+        return self._draw(task, k, _stream("few_shot", self.seed, self.world, task, seed))
+
+    def _draw(self, task: CompareTask, num: int, rng: np.random.Generator) -> list[dict]:
         if num < 0:
             raise ValueError(f"num must be >= 0; got {num}.")
-        rng = _stream("examples", self.seed, self.world, task, split)
         out = []
         for i in range(num):
             if i % 2 == 0:
