@@ -2,9 +2,21 @@
 
 A generator maps ``(task_ids [batch], embedded_inputs [batch, S, embed], input_mask)``
 to a prompt ``[batch, prompt_length, embed]``; see :mod:`mpt_jax.prompts.generators`.
+
+- :mod:`~mpt_jax.prompts.generators`: ``SinglePrompt``, ``TaskPrompts``,
+  ``MultitaskPrompt`` (MPT), ``ComposedPrompt``, ``HierarchicalPrompt``.
+- :mod:`~mpt_jax.prompts.compositions`: the pure combine functions.
+- :mod:`~mpt_jax.prompts.initializers`: ``(rng, shape, dtype) -> array`` closures.
+- :mod:`~mpt_jax.prompts.source_init`: target prompts from a source MPT prompt.
+- :mod:`~mpt_jax.prompts.io`: ``.npy`` per parameter; PEFT MPT adapters.
+- :mod:`~mpt_jax.prompts.accounting`: shared / per-task parameter counts.
+
+Logical axis names used by the parameters (for T5X partitioning rules):
+:data:`LOGICAL_AXES`.
 """
 
 from mpt_jax.prompts import compositions, initializers
+from mpt_jax.prompts.accounting import ParameterCount, count_parameters
 from mpt_jax.prompts.generators import (
     ComposedPrompt,
     HierarchicalPrompt,
@@ -14,15 +26,23 @@ from mpt_jax.prompts.generators import (
     check_embedded_inputs,
     check_task_ids,
 )
+from mpt_jax.prompts.source_init import init_from_source
+
+#: Every logical axis name a prompt parameter may carry.
+LOGICAL_AXES = ("prompt", "embed", "tasks", "groups", "rank", "pool", "hidden", "gate")
 
 __all__ = [
+    "LOGICAL_AXES",
     "ComposedPrompt",
     "HierarchicalPrompt",
     "MultitaskPrompt",
+    "ParameterCount",
     "SinglePrompt",
     "TaskPrompts",
     "check_embedded_inputs",
     "check_task_ids",
     "compositions",
+    "count_parameters",
+    "init_from_source",
     "initializers",
 ]
