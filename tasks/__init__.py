@@ -1,1 +1,45 @@
-"""seqio tasks and mixtures for the MPT benchmarks (installed as ``mpt_jax.tasks``)."""
+"""seqio tasks and mixtures for the MPT benchmarks (installed as ``mpt_jax.tasks``).
+
+Importing this package registers (once; importing again is a no-op):
+
+- GLUE ``mpt_glue_{mnli,qqp,qnli,sst2,stsb,mrpc,rte,cola}`` (``glue.py``);
+- SuperGLUE ``mpt_superglue_{multirc,boolq,wic,wsc,cb,record}`` (``superglue.py``);
+- SQuAD ``mpt_squad`` and MRQA 2019 ``mpt_mrqa_{nq,hotpotqa,searchqa,newsqa}``
+  (``mrqa.py``);
+- ``mpt_{winogrande,yelp_polarity,scitail,paws}`` (``others.py``);
+- few-shot variants ``<task>_{4,16,32}shot`` of each (``few_shot.py``);
+- mixtures ``mpt_{source,glue,superglue,mrqa,others}_mixture`` (``source.py``).
+
+- the embedded synthetic benchmark ``mpt_embedded_*`` (``embedded.py``).
+
+A T5X gin file::
+
+    import mpt_jax.tasks
+    MIXTURE_OR_TASK_NAME = 'mpt_source_mixture'
+    TASK_FEATURE_LENGTHS = {'inputs': 256, 'targets': 128}
+    active_task_index.mixture = 'mpt_source_mixture'   # task ids = mixture order
+    t5_vocabulary.sentencepiece_model_path = '/data/t5/spiece.model'
+    train/utils.DatasetConfig.pack = False             # prompts cannot be packed
+
+Nothing is downloaded: TFDS data must be prepared in the TFDS data directory, MRQA (and
+any task read from jsonl) is bound with ``task_data_files.files``.
+"""
+
+from . import embedded  # noqa: F401  (registers the embedded benchmark on import)
+from .glue import register_glue
+from .mrqa import register_qa
+from .others import register_others
+from .source import register_mixtures
+from .superglue import register_superglue
+
+
+def register_all() -> None:
+    """Registers every benchmark task and mixture; safe to call more than once."""
+    register_glue()
+    register_superglue()
+    register_qa()
+    register_others()
+    register_mixtures()
+
+
+register_all()

@@ -1,0 +1,247 @@
+"""Where the raw records of an mpt task come from: TFDS, or jsonl files bound in gin.
+
+A task's :class:`BenchmarkSource` decides when a dataset is built (not when the task is
+registered, so gin bindings parsed later still count):
+
+1. if ``task_data_files.files`` names the task, its jsonl files are read (one JSON record
+   per line, with the fields of the TFDS record; e.g. the output of Hugging Face
+   ``datasets``' ``to_json`` for GLUE/SuperGLUE), parsed by the task's parser;
+2. else, if the task has a TFDS name, ``seqio.TfdsDataSource`` reads it from the local
+   TFDS data directory (``--tfds_data_dir``; nothing is downloaded here);
+3. else (MRQA) an error says which binding to set.
+
+gin example::
+
+    task_data_files.files = {
+        'mpt_mrqa_nq': {'train': '/data/mrqa/NaturalQuestions.jsonl.gz',
+                        'validation': '/data/mrqa/dev/NaturalQuestions.jsonl.gz'},
+        'mpt_glue_rte': {'train': '/data/rte/train.jsonl', 'validation': '/data/rte/dev.jsonl'},
+    }
+
+Files ending in ``.gz`` are read as gzip. A record that lacks a field of the schema is an
+error naming the file, the line and the field.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import gin
+import seqio
+import tensorflow as tf
+
+# A parser turns one JSON line into zero or more records shaped like the output signature.
+Parser = Callable[[Mapping[str, Any]], Iterator[Mapping[str, Any]]]
+
+
+@gin.configurable
+def task_data_files(
+    files: Mapping[str, Mapping[str, str | Sequence[str]]] | None = None,
+) -> dict[str, dict[str, list[str]]]:
+    """``{task name: {split: [file patterns]}}`` bound in gin (empty when unbound)."""
+    out: dict[str, dict[str, list[str]]] = {}
+    for task, splits in (files or {}).items():
+        out[task] = {
+            split: [patterns] if isinstance(patterns, str) else list(patterns)
+            for split, patterns in splits.items()
+        }
+    return out
+
+
+def _lines(path: str) -> Iterator[str]:
+    """The text lines of a local or ``tf.io.gfile`` file; ``.gz`` files are decompressed."""
+    with tf.io.gfile.GFile(path, "rb") as handle:
+        stream = gzip.GzipFile(fileobj=handle) if path.endswith(".gz") else handle
+        for line in stream:
+            yield line.decode("utf-8") if isinstance(line, bytes) else line
+
+
+def _expand(patterns: Sequence[str], task: str, split: str) -> list[str]:
+    paths: list[str] = []
+    for pattern in patterns:
+        matched = sorted(tf.io.gfile.glob(pattern))
+        if not matched:
+            raise FileNotFoundError(
+                f"No file matches {pattern!r}, bound for task {task!r} split {split!r} in "
+                "task_data_files.files."
+            )
+        paths += matched
+    return paths
+
+
+def _conform(value: Any, spec: Any, where: str) -> Any:
+    """Checks a parsed record against the (nested) output signature, field by field."""
+    if isinstance(spec, Mapping):
+        if not isinstance(value, Mapping):
+            raise ValueError(f"{where}: expected an object; got {value!r:.80}.")
+        out = {}
+        for key, sub_spec in spec.items():
+            if key not in value:
+                raise ValueError(f"{where}: the record has no field {key!r}.")
+            out[key] = _conform(value[key], sub_spec, f"{where}.{key}")
+        return out
+    return value
+
+
+def records_from_jsonl(
+    paths: Sequence[str], parser: Parser, output_signature: Mapping[str, Any]
+) -> Iterator[Mapping[str, Any]]:
+    """Parsed records of every line of ``paths``, in file and line order."""
+    for path in paths:
+        for line_number, line in enumerate(_lines(path), start=1):
+            if not line.strip():
+                continue
+            try:
+                raw = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{line_number}: not JSON ({err}).") from None
+            for parsed in parser(raw):
+                yield _conform(parsed, output_signature, f"{path}:{line_number}")
+
+
+def identity_parser(record: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
+    """A jsonl line that already is one record with the TFDS fields."""
+    yield record
+
+
+class BenchmarkSource(seqio.DataSource):
+    """A task's raw records: bound jsonl files if any, else TFDS (see the module docstring).
+
+    Args:
+      task_name: the seqio task this source feeds (the key in ``task_data_files.files``).
+      splits: the task's split names.
+      output_signature: nested ``tf.TensorSpec`` s of one record (jsonl reading).
+      parser: jsonl line → records.
+      tfds_name: e.g. ``"glue/rte:2.0.0"``; ``None`` when the data only comes from files.
+      tfds_splits: task split → TFDS split (``{"validation": "validation_matched"}``).
+      tfds_map: optional per-record function applied to TFDS records.
+    """
+
+    def __init__(
+        self,
+        task_name: str,
+        splits: Sequence[str],
+        output_signature: Mapping[str, Any],
+        parser: Parser = identity_parser,
+        tfds_name: str | None = None,
+        tfds_splits: Mapping[str, str] | None = None,
+        tfds_map: Callable[[dict], dict] | None = None,
+    ):
+        super().__init__(splits=splits, num_input_examples=None, caching_permitted=True)
+        self._task_name = task_name
+        self._output_signature = output_signature
+        self._parser = parser
+        self._tfds_name = tfds_name
+        self._tfds_splits = dict(tfds_splits or {s: s for s in splits})
+        self._tfds_map = tfds_map
+        self._tfds_source: seqio.TfdsDataSource | None = None
+        self._line_counts: dict[str, int] = {}
+
+    @property
+    def tfds_name(self) -> str | None:
+        return self._tfds_name
+
+    @property
+    def supports_arbitrary_sharding(self) -> bool:
+        return False
+
+    def _files(self, split: str) -> list[str] | None:
+        splits = task_data_files().get(self._task_name)
+        if splits is None:
+            return None
+        if split not in splits:
+            raise ValueError(
+                f"task_data_files.files binds {sorted(splits)} for task {self._task_name!r}, "
+                f"but split {split!r} was requested."
+            )
+        return _expand(splits[split], self._task_name, split)
+
+    def _tfds(self) -> seqio.TfdsDataSource:
+        if self._tfds_name is None:
+            raise ValueError(
+                f"Task {self._task_name!r} reads its data from files: bind "
+                f"task_data_files.files = {{'{self._task_name}': {{'train': '...', "
+                "'validation': '...'}}} in gin."
+            )
+        if self._tfds_source is None:
+            self._tfds_source = seqio.TfdsDataSource(
+                tfds_name=self._tfds_name, splits=self._tfds_splits
+            )
+        return self._tfds_source
+
+    def _check_split(self, split: str) -> None:
+        if split not in self.splits:
+            raise ValueError(
+                f"Task {self._task_name!r} has splits {list(self.splits)}; got {split!r}."
+            )
+
+    def get_dataset(
+        self,
+        split: str = "train",
+        shuffle: bool = True,
+        seed: int | None = None,
+        shard_info: seqio.ShardInfo | None = None,
+        *,
+        sequence_length: Mapping[str, int] | None = None,
+        use_cached: bool = False,
+        num_epochs: int | None = 1,
+    ) -> tf.data.Dataset:
+        del sequence_length, use_cached, num_epochs
+        self._check_split(split)
+        files = self._files(split)
+        if files is None:
+            ds = self._tfds().get_dataset(
+                split=split, shuffle=shuffle, seed=seed, shard_info=shard_info
+            )
+            if self._tfds_map is not None:
+                ds = ds.map(self._tfds_map, num_parallel_calls=tf.data.AUTOTUNE)
+            return ds
+        ds = tf.data.Dataset.from_generator(
+            lambda: records_from_jsonl(files, self._parser, self._output_signature),
+            output_signature=self._output_signature,
+        )
+        if shard_info is not None and shard_info.num_shards > 1:
+            ds = ds.shard(shard_info.num_shards, shard_info.index)
+        if shuffle:
+            # Records are generated in file order; shuffle within a generous window.
+            ds = ds.shuffle(10_000, seed=seed, reshuffle_each_iteration=True)
+        return ds
+
+    def list_shards(self, split: str) -> Sequence[str]:
+        self._check_split(split)
+        files = self._files(split)
+        if files is None:
+            return self._tfds().list_shards(split)
+        return files
+
+    def num_input_examples(self, split: str) -> int | None:
+        self._check_split(split)
+        files = self._files(split)
+        if files is None:
+            return self._tfds().num_input_examples(split)
+        if split not in self._line_counts:
+            self._line_counts[split] = sum(
+                1 for _ in records_from_jsonl(files, self._parser, self._output_signature)
+            )
+        return self._line_counts[split]
+
+    def __repr__(self) -> str:
+        return (
+            f"BenchmarkSource(task={self._task_name!r}, tfds={self._tfds_name!r}, "
+            f"splits={list(self.splits)})"
+        )
+
+
+def string_spec() -> tf.TensorSpec:
+    return tf.TensorSpec([], tf.string)
+
+
+def int_spec(dtype: tf.DType = tf.int64) -> tf.TensorSpec:
+    return tf.TensorSpec([], dtype)
+
+
+def strings_spec() -> tf.TensorSpec:
+    return tf.TensorSpec([None], tf.string)

@@ -1,0 +1,179 @@
+"""Registered names, TFDS sources, wiring, and one end-to-end read from jsonl files."""
+
+import importlib
+import json
+
+import gin
+import numpy as np
+import pytest
+import seqio
+
+import mpt_jax.tasks
+from mpt_jax.data.feature_converter import PromptEncDecFeatureConverter
+from mpt_jax.data.task_ids import TaskIndex, use_task_index
+from mpt_jax.tasks import metrics, source
+from mpt_jax.tasks.vocab import TASK_VOCABULARY
+
+TARGETS = [
+    *(f"mpt_glue_{t}" for t in ("mnli", "qqp", "qnli", "sst2", "stsb", "mrpc", "rte", "cola")),
+    *(f"mpt_superglue_{t}" for t in ("multirc", "boolq", "wic", "wsc", "cb")),
+    *(f"mpt_mrqa_{t}" for t in ("nq", "hotpotqa", "searchqa", "newsqa")),
+    *(f"mpt_{t}" for t in ("winogrande", "yelp_polarity", "scitail", "paws")),
+]
+SOURCES = [
+    "mpt_glue_mnli",
+    "mpt_glue_qnli",
+    "mpt_glue_qqp",
+    "mpt_glue_sst2",
+    "mpt_squad",
+    "mpt_superglue_record",
+]
+
+
+def test_every_benchmark_task_and_variant_is_registered_once():
+    importlib.reload(mpt_jax.tasks)  # registering again is a no-op, not an error
+    names = set(seqio.TaskRegistry.names())
+    for name in TARGETS + SOURCES:
+        assert name in names
+        for k in (4, 16, 32):
+            assert f"{name}_{k}shot" in names
+    assert TaskIndex.from_mixture("mpt_source_mixture").names == tuple(SOURCES)
+    assert TaskIndex.from_mixture("mpt_glue_mixture").num_tasks == 8
+    assert TaskIndex.from_mixture("mpt_superglue_mixture").num_tasks == 5
+
+
+@pytest.mark.parametrize(
+    "task, tfds_name, tfds_validation",
+    [
+        ("mpt_glue_rte", "glue/rte:2.0.0", "validation"),
+        ("mpt_glue_mnli", "glue/mnli:2.0.0", "validation_matched"),
+        ("mpt_superglue_boolq", "super_glue/boolq:1.0.2", "validation"),
+        ("mpt_superglue_wsc", "super_glue/wsc.fixed:1.0.2", "validation"),
+        ("mpt_squad", "squad/v1.1:3.0.0", "validation"),
+        ("mpt_winogrande", "winogrande:1.2.0", "validation"),
+        ("mpt_yelp_polarity", "yelp_polarity_reviews:0.2.0", "test"),
+        ("mpt_paws", "paws_wiki/labeled_final_raw:1.1.0", "validation"),
+        ("mpt_mrqa_nq", None, None),
+    ],
+)
+def test_tfds_sources(task, tfds_name, tfds_validation):
+    src = seqio.get_mixture_or_task(task).source
+    assert src.tfds_name == tfds_name
+    if tfds_name is not None:
+        assert src._tfds_splits["validation"] == tfds_validation
+
+
+def test_metrics_are_wired_as_the_paper_reports():
+    def fns(name):
+        return [getattr(f, "func", f) for f in seqio.get_mixture_or_task(name).predict_metric_fns]
+
+    assert metrics.matthews_corrcoef in fns("mpt_glue_cola")
+    assert fns("mpt_glue_stsb") == [metrics.pearson_spearman]
+    assert metrics.binary_f1 in fns("mpt_glue_mrpc") and metrics.accuracy in fns("mpt_glue_mrpc")
+    assert metrics.macro_f1 in fns("mpt_superglue_cb")
+    assert fns("mpt_superglue_multirc") == [metrics.multirc_f1a_em]
+    assert fns("mpt_superglue_record") == [metrics.squad] == fns("mpt_mrqa_hotpotqa")
+
+
+def test_unbound_file_task_names_the_binding():
+    with pytest.raises(ValueError, match=r"bind task_data_files.files = \{'mpt_mrqa_newsqa'"):
+        seqio.get_mixture_or_task("mpt_mrqa_newsqa").source.get_dataset("validation")
+
+
+RTE_LINES = [
+    {"sentence1": "A man sleeps.", "sentence2": "A person rests.", "label": 0, "idx": 0},
+    {"sentence1": "Rain falls.", "sentence2": "It is dry.", "label": 1, "idx": 1},
+]
+MRQA_LINES = [
+    {"header": {"dataset": "NaturalQuestions", "split": "dev"}},
+    {
+        "context": "Ada wrote the first program.",
+        "qas": [
+            {"qid": "q1", "question": "Who wrote it?", "answers": ["Ada", "Ada Lovelace"]},
+            {"qid": "q2", "question": "What was written?", "answers": ["the first program"]},
+        ],
+    },
+]
+
+
+@pytest.fixture(scope="module")
+def file_bound(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    (root / "rte.jsonl").write_text("\n".join(json.dumps(r) for r in RTE_LINES))
+    (root / "nq.jsonl").write_text("\n".join(json.dumps(r) for r in MRQA_LINES))
+    files = {
+        "mpt_glue_rte": {"train": str(root / "rte.jsonl"), "validation": str(root / "rte.jsonl")},
+        "mpt_mrqa_nq": {"train": str(root / "nq.jsonl"), "validation": str(root / "nq.jsonl")},
+    }
+    gin.clear_config()
+    gin.bind_parameter("task_data_files.files", files)
+    gin.bind_parameter("output_vocabulary.kind", "byte")
+    TASK_VOCABULARY.reset()
+    yield
+    gin.clear_config()
+    TASK_VOCABULARY.reset()
+
+
+def test_end_to_end_from_jsonl_files(file_bound):
+    lengths = {"inputs": 96, "targets": 24}
+    index = TaskIndex(("mpt_glue_rte", "mpt_mrqa_nq"))
+    with use_task_index(index):
+        rte = seqio.get_mixture_or_task("mpt_glue_rte")
+        nq = seqio.get_mixture_or_task("mpt_mrqa_nq")
+        rte_examples = list(
+            rte.get_dataset(lengths, split="validation", shuffle=False).as_numpy_iterator()
+        )
+        nq_examples = list(
+            nq.get_dataset(lengths, split="validation", shuffle=False).as_numpy_iterator()
+        )
+        converted = list(
+            PromptEncDecFeatureConverter()(
+                nq.get_dataset(lengths, split="validation", shuffle=False), lengths
+            ).as_numpy_iterator()
+        )
+    vocab = seqio.ByteVocabulary()
+    assert vocab.decode(rte_examples[0]["inputs"].tolist()) == (
+        "rte sentence1: A man sleeps. sentence2: A person rests."
+    )
+    assert rte_examples[0]["inputs"][-1] == 1  # EOS
+    assert [vocab.decode(ex["targets"].tolist()) for ex in rte_examples] == [
+        "entailment",
+        "not_entailment",
+    ]
+    assert [ex["task_ids"].tolist() for ex in rte_examples] == [[0], [0]]
+    assert len(nq_examples) == 2  # one record per question; the header line is skipped
+    assert nq_examples[0]["inputs_pretokenized"] == (
+        b"question: Who wrote it? context: Ada wrote the first program."
+    )
+    assert [ex["task_ids"].tolist() for ex in nq_examples] == [[1], [1]]
+    assert converted[1]["task_ids"] == 1
+    assert converted[1]["encoder_input_tokens"].shape == (96,)
+    np.testing.assert_array_equal(
+        converted[1]["decoder_target_tokens"][:18], vocab.encode("the first program") + [1]
+    )
+
+    # Evaluation: the task's postprocessor and metrics on these examples.
+    targets = [nq.postprocess_fn(b"", example=ex, is_target=True) for ex in nq_examples]
+    generated = [b"Ada", b"a program"]
+    predictions = [
+        nq.postprocess_fn(p, example=ex) for p, ex in zip(generated, nq_examples, strict=True)
+    ]
+    got = metrics.squad(targets, predictions)
+    assert got["em"] == pytest.approx(50.0)
+    # "a program" -> [program] vs [first, program]: P = 1, R = 1/2, F1 = 2/3.
+    assert got["f1"] == pytest.approx(100 * (1 + 2 / 3) / 2)
+
+    # Mixing rates count the bound files' records.
+    assert source.examples_proportional_rate(rte) == 2.0
+    assert source.examples_proportional_rate(nq, maximum=1) == 1.0
+
+
+def test_too_long_example_is_an_error_in_the_task(file_bound):
+    import tensorflow as tf
+
+    with use_task_index(TaskIndex(("mpt_glue_rte",))):
+        ds = seqio.get_mixture_or_task("mpt_glue_rte").get_dataset(
+            {"inputs": 16, "targets": 24}, split="validation", shuffle=False
+        )
+        with pytest.raises(tf.errors.InvalidArgumentError, match="inputs of mpt_glue_rte"):
+            list(ds.as_numpy_iterator())
