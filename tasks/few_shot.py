@@ -56,7 +56,7 @@ def select_few_shot(
       label_key: the record's integer class feature; ``None`` for one class (QA).
 
     Raises:
-      ValueError: a class with fewer than k records, naming it and its count.
+      ValueError: classes with fewer than k records, naming them and their counts.
     """
     if k < 1:
         raise ValueError(f"k must be a positive number of examples; got {k}.")
@@ -71,15 +71,14 @@ def select_few_shot(
     labels = np.array([p[0] for p in pairs], dtype=np.int64)
     hashes = np.array([p[1] for p in pairs], dtype=np.int64)
     positions = np.arange(len(pairs))
+    classes = [c for c in np.unique(labels) if c >= 0]  # -1: unlabelled, never chosen
+    short = {int(c): int((labels == c).sum()) for c in classes if (labels == c).sum() < k}
+    if short:
+        counts = ", ".join(f"class {c} has {n}" for c, n in short.items())
+        raise ValueError(f"{k}-shot needs {k} training examples per class; {counts}.")
     chosen = []
-    for label in np.unique(labels):
+    for label in classes:
         members = positions[labels == label]
-        if label < 0:
-            continue  # unlabelled records (-1) are never training examples
-        if len(members) < k:
-            raise ValueError(
-                f"Class {label} has {len(members)} training examples; {k}-shot needs {k}."
-            )
         order = np.lexsort((members, hashes[members]))  # by hash, ties by position
         chosen.append(members[order[:k]])
     if not chosen:
