@@ -6,8 +6,9 @@ registered, so gin bindings parsed later still count):
 1. if ``task_data_files.files`` names the task, its jsonl files are read (one JSON record
    per line, with the fields of the TFDS record; e.g. the output of Hugging Face
    ``datasets``' ``to_json`` for GLUE/SuperGLUE), parsed by the task's parser;
-2. else, if the task has a TFDS name, ``seqio.TfdsDataSource`` reads it from the local
-   TFDS data directory (``--tfds_data_dir``; nothing is downloaded here);
+2. else, if the task has a TFDS name, ``seqio.TfdsDataSource`` reads it from the TFDS
+   data directory (``tfds_data_dir.data_dir``, default TFDS's); a dataset that is not
+   prepared there is an error: nothing is downloaded;
 3. else (MRQA) an error says which binding to set.
 
 gin example::
@@ -35,6 +36,12 @@ import tensorflow as tf
 
 # A parser turns one JSON line into zero or more records shaped like the output signature.
 Parser = Callable[[Mapping[str, Any]], Iterator[Mapping[str, Any]]]
+
+
+@gin.configurable
+def tfds_data_dir(data_dir: str | None = None) -> str | None:
+    """The TFDS data directory of prepared datasets (``None``: TFDS's default)."""
+    return data_dir
 
 
 @gin.configurable
@@ -160,6 +167,7 @@ class BenchmarkSource(seqio.DataSource):
         return _expand(splits[split], self._task_name, split)
 
     def _tfds(self) -> seqio.TfdsDataSource:
+        """The TFDS source, once the dataset is known to be prepared (never downloads)."""
         if self._tfds_name is None:
             raise ValueError(
                 f"Task {self._task_name!r} reads its data from files: bind "
@@ -167,8 +175,19 @@ class BenchmarkSource(seqio.DataSource):
                 "'validation': '...'}}} in gin."
             )
         if self._tfds_source is None:
+            import tensorflow_datasets as tfds
+
+            data_dir = tfds_data_dir()
+            builder = tfds.builder(self._tfds_name, data_dir=data_dir)
+            if not builder.is_prepared():
+                raise FileNotFoundError(
+                    f"TFDS dataset {self._tfds_name!r} (task {self._task_name!r}) is not "
+                    f"prepared in {builder.data_dir!r}, and nothing is downloaded at run "
+                    "time. Prepare it (e.g. `tfds build`), point tfds_data_dir.data_dir at "
+                    "it, or bind jsonl files with task_data_files.files."
+                )
             self._tfds_source = seqio.TfdsDataSource(
-                tfds_name=self._tfds_name, splits=self._tfds_splits
+                tfds_name=self._tfds_name, splits=self._tfds_splits, tfds_data_dir=data_dir
             )
         return self._tfds_source
 

@@ -75,9 +75,17 @@ def test_metrics_are_wired_as_the_paper_reports():
     assert fns("mpt_superglue_record") == [metrics.squad] == fns("mpt_mrqa_hotpotqa")
 
 
-def test_unbound_file_task_names_the_binding():
+def test_missing_data_is_an_error_never_a_download(tmp_path):
     with pytest.raises(ValueError, match=r"bind task_data_files.files = \{'mpt_mrqa_newsqa'"):
         seqio.get_mixture_or_task("mpt_mrqa_newsqa").source.get_dataset("validation")
+    gin.bind_parameter("tfds_data_dir.data_dir", str(tmp_path))
+    try:
+        source = seqio.get_mixture_or_task("mpt_superglue_cb_16shot").source
+        with pytest.raises(FileNotFoundError, match="'super_glue/cb:1.0.2'.*not prepared"):
+            source.get_dataset("train")
+    finally:
+        gin.clear_config()
+    assert list(tmp_path.iterdir()) == []  # nothing was downloaded or prepared
 
 
 RTE_LINES = [
@@ -96,9 +104,9 @@ MRQA_LINES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def file_bound(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
+@pytest.fixture
+def file_bound(tmp_path):
+    root = tmp_path
     (root / "rte.jsonl").write_text("\n".join(json.dumps(r) for r in RTE_LINES))
     (root / "nq.jsonl").write_text("\n".join(json.dumps(r) for r in MRQA_LINES))
     files = {
@@ -166,6 +174,38 @@ def test_end_to_end_from_jsonl_files(file_bound):
     # Mixing rates count the bound files' records.
     assert source.examples_proportional_rate(rte) == 2.0
     assert source.examples_proportional_rate(nq, maximum=1) == 1.0
+
+
+def test_mixture_keeps_task_ids(file_bound):
+    name = "test_mpt_rte_nq_mixture"
+    seqio.MixtureRegistry.add(name, [("mpt_glue_rte", 1.0), ("mpt_mrqa_nq", 1.0)])
+    try:
+        with use_task_index(TaskIndex.from_mixture(name)):
+            ds = seqio.get_mixture_or_task(name).get_dataset(
+                {"inputs": 96, "targets": 24}, split="validation", shuffle=False, num_epochs=1
+            )
+            ids = [ex["task_ids"].tolist() for ex in ds.as_numpy_iterator()]
+    finally:
+        seqio.MixtureRegistry.remove(name)
+    assert ids and set(map(tuple, ids)) <= {(0,), (1,)}
+
+
+def test_vocabulary_follows_gin():
+    gin.clear_config()
+    TASK_VOCABULARY.reset()
+    gin.bind_parameter("t5_vocabulary.sentencepiece_model_path", "/models/spiece.model")
+    try:
+        resolved = TASK_VOCABULARY.resolved
+        assert isinstance(resolved, seqio.SentencePieceVocabulary)
+        assert resolved.sentencepiece_model_file == "/models/spiece.model"
+        assert resolved.extra_ids == 100
+        TASK_VOCABULARY.reset()
+        gin.bind_parameter("output_vocabulary.kind", "bpe")
+        with pytest.raises(ValueError, match=r"one of \('t5', 'byte'\); got 'bpe'"):
+            _ = TASK_VOCABULARY.resolved
+    finally:
+        gin.clear_config()
+        TASK_VOCABULARY.reset()
 
 
 def test_too_long_example_is_an_error_in_the_task(file_bound):
