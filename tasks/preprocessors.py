@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import gin
 import tensorflow as tf
 
 from mpt_jax.data import feature_converter
@@ -208,21 +207,6 @@ def multirc(
     return dataset.map(_format, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-@gin.configurable
-def length_policy(truncation: str = "error") -> str:
-    """How over-long examples are handled: ``"error"`` (default) or ``"truncate"``.
-
-    gin: ``length_policy.truncation = 'truncate'`` (cuts are counted in
-    :data:`TRUNCATION_COUNTS` and logged).
-    """
-    if truncation not in feature_converter.TRUNCATION_POLICIES:
-        raise ValueError(
-            f"length_policy.truncation must be one of {feature_converter.TRUNCATION_POLICIES};"
-            f" got {truncation!r}."
-        )
-    return truncation
-
-
 TRUNCATION_COUNTS: dict[str, feature_converter.TruncationCounts] = {}
 """Per task name, the examples the ``"truncate"`` policy has cut so far."""
 
@@ -237,7 +221,8 @@ def enforce_sequence_lengths(
 
     seqio trims output features to ``sequence_length`` after the preprocessors, without a
     word; this step runs first, so an over-long example is an error (default) or a
-    counted, logged cut (``length_policy.truncation = 'truncate'``). Without a
+    counted, logged cut (``length_policy.truncation = 'truncate'``, the binding the
+    feature converter reads too). Without a
     ``sequence_length`` (e.g. caching) it does nothing.
     """
     if not sequence_length:
@@ -249,5 +234,9 @@ def enforce_sequence_lengths(
     }
     counts = TRUNCATION_COUNTS.setdefault(task_name, feature_converter.TruncationCounts())
     return feature_converter.enforce_max_lengths(
-        dataset, lengths, truncation=length_policy(), counts=counts, label=task_name
+        dataset,
+        lengths,
+        truncation=feature_converter.length_policy(),
+        counts=counts,
+        label=task_name,
     )

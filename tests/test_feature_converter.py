@@ -1,5 +1,6 @@
 """PromptEncDecFeatureConverter: T5X features with task_ids, no packing, explicit lengths."""
 
+import gin
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -91,3 +92,13 @@ def test_enforce_max_lengths_validates_arguments():
         enforce_max_lengths(_dataset(), {"inputs": 0})
     with pytest.raises(ValueError, match="got 'drop'"):
         enforce_max_lengths(_dataset(), {"inputs": 3}, truncation="drop")
+
+
+def test_one_gin_binding_sets_the_policy():
+    assert PromptEncDecFeatureConverter().truncation == "error"
+    gin.bind_parameter("length_policy.truncation", "truncate")
+    try:
+        assert PromptEncDecFeatureConverter().truncation == "truncate"
+        assert PromptEncDecFeatureConverter(truncation="error").truncation == "error"
+    finally:
+        gin.clear_config()

@@ -18,11 +18,13 @@ It speaks seqio's ``FeatureConverter`` protocol, so T5X (``DatasetConfig``,
 Packing is refused: a prompt is prepended to each encoder sequence, and a packed row holds
 several examples (possibly of different tasks) that would share one prompt.
 
-Length policy (never silent). An input longer than its maximum length is
-  - ``truncation="error"`` (default): an ``InvalidArgumentError`` when the example is read,
-    naming the feature, its length and the maximum;
-  - ``truncation="truncate"``: cut to the maximum (like seqio's own trimming: the tail,
-    EOS included, is dropped); every cut is counted in :class:`TruncationCounts`, and a
+Length policy (never silent). One gin binding, ``length_policy.truncation``, sets it for
+this converter and for the mpt tasks' own length check. An input longer than its maximum
+length is
+  - ``"error"`` (default): an ``InvalidArgumentError`` when the example is read, naming
+    the feature, its length and the maximum;
+  - ``"truncate"``: cut to the maximum (like seqio's own trimming: the tail, EOS
+    included, is dropped); every cut is counted in :class:`TruncationCounts`, and a
     warning with the running count is logged at the 1st, 10th, 100th, … cut.
 
 Note that ``seqio.get_dataset`` / ``Task.get_dataset`` trim output features *before* the
@@ -40,6 +42,20 @@ import seqio
 import tensorflow as tf
 
 TRUNCATION_POLICIES = ("error", "truncate")
+
+
+@gin.configurable
+def length_policy(truncation: str = "error") -> str:
+    """How over-long examples are handled: ``"error"`` (default) or ``"truncate"``.
+
+    gin: ``length_policy.truncation = 'truncate'``.
+    """
+    if truncation not in TRUNCATION_POLICIES:
+        raise ValueError(
+            f"length_policy.truncation must be one of {TRUNCATION_POLICIES}; got {truncation!r}."
+        )
+    return truncation
+
 
 _LOG_AT = tf.constant([10**k for k in range(15)], dtype=tf.int64)
 
@@ -172,7 +188,8 @@ class PromptEncDecFeatureConverter(seqio.FeatureConverter):
       apply_length_check: seqio's own output-length validation.
       bos_id: the first decoder input token (T5: 0).
       passthrough_features: extra features copied unchanged (seqio's meaning).
-      truncation: ``"error"`` (default) or ``"truncate"``; see the module docstring.
+      truncation: ``"error"`` or ``"truncate"``; ``None`` (default) reads
+        :func:`length_policy` (see the module docstring).
 
     Example::
 
@@ -205,7 +222,7 @@ class PromptEncDecFeatureConverter(seqio.FeatureConverter):
         apply_length_check: bool = True,
         bos_id: int = 0,
         passthrough_features: Mapping[str, seqio.FeatureConverter.FeatureSpec] | None = None,
-        truncation: str = "error",
+        truncation: str | None = None,
     ):
         if pack:
             raise ValueError(
@@ -214,7 +231,9 @@ class PromptEncDecFeatureConverter(seqio.FeatureConverter):
                 "mix examples (and tasks) under one prompt. Set pack=False (in T5X: "
                 "`train/utils.DatasetConfig.pack = False`)."
             )
-        if truncation not in TRUNCATION_POLICIES:
+        if truncation is None:
+            truncation = length_policy()
+        elif truncation not in TRUNCATION_POLICIES:
             raise ValueError(
                 f"truncation must be one of {TRUNCATION_POLICIES}; got {truncation!r}."
             )
