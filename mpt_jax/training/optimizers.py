@@ -18,6 +18,7 @@ Everything is gin-configurable::
 from __future__ import annotations
 
 import gin
+import jax
 import optax
 
 OPTIMIZERS = ("adafactor", "adamw")
@@ -113,3 +114,24 @@ def make_optimizer(
     if max_grad_norm is not None:
         tx = optax.chain(optax.clip_by_global_norm(max_grad_norm), tx)
     return tx
+
+
+def per_task(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+    """Run ``tx`` independently for each slice along the leading (task) axis.
+
+    Every leaf of the parameter tree must have the task axis first (``TaskPrompts``:
+    ``task_prompts [T, L, D]``). ``tx.init`` and ``tx.update`` are ``vmap``-ed over that
+    axis, so whole-parameter statistics (Adafactor's parameter-scaled step and its
+    update clipping, both RMS over a parameter) are taken per task: training a table of
+    T prompts with ``per_task(tx)`` equals training T separate prompts with ``tx``.
+    """
+
+    def init(params):
+        return jax.vmap(tx.init)(params)
+
+    def update(updates, state, params=None):
+        if params is None:
+            return jax.vmap(lambda u, s: tx.update(u, s))(updates, state)
+        return jax.vmap(tx.update)(updates, state, params)
+
+    return optax.GradientTransformation(init, update)

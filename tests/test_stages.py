@@ -1,0 +1,210 @@
+"""Stages: target/SPoT initialisation from a source checkpoint gives the expected prompt,
+teachers train independently per task, task-id mappings are checked, backbones load."""
+
+import dataclasses
+import os
+
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from mpt_jax.backbone import get_config
+from mpt_jax.data.task_ids import TaskIndexError
+from mpt_jax.prompts.generators import HierarchicalPrompt, MultitaskPrompt
+from mpt_jax.runner import backbone_loading, stages
+from mpt_jax.training import TrainState, make_optimizer
+from mpt_jax.training.checkpoints import Checkpointer
+from mpt_jax.training.optimizers import per_task
+
+SOURCE_TASKS = ("s1", "s2", "s3")
+L, D = 4, 32
+
+
+@pytest.fixture(scope="module")
+def config():
+    return get_config("tiny")
+
+
+@pytest.fixture(scope="module")
+def backbone(config):
+    return backbone_loading.random_backbone(config, seed=0)
+
+
+def ctx_for(config, backbone, names, seed=0):
+    return stages.StageContext(task_names=tuple(names), config=config, backbone=backbone,
+                               seed=seed)  # fmt: skip
+
+
+def _save_run(directory, params, names):
+    ckpt = Checkpointer(directory)
+    state = TrainState.create(jax.tree.map(jnp.asarray, params), make_optimizer())
+    assert ckpt.save(state.replace(step=jnp.asarray(5)), data_position=5, task_names=names,
+                     backbone="random:0")  # fmt: skip
+    ckpt.close()
+
+
+@pytest.fixture(scope="module")
+def source_dir(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    params = {
+        "shared": rng.normal(size=(L, D)).astype(np.float32),
+        "task_cols": rng.normal(size=(3, L, 1)).astype(np.float32),
+        "task_rows": rng.normal(size=(3, 1, D)).astype(np.float32),
+    }
+    directory = str(tmp_path_factory.mktemp("source"))
+    _save_run(directory, params, SOURCE_TASKS)
+    return directory, params
+
+
+@pytest.fixture(autouse=True, scope="module")
+def prompt_length():
+    import gin
+
+    with gin.unlock_config():
+        gin.bind_parameter("prompts.MultitaskPrompt.length", L)
+        gin.bind_parameter("prompts.SinglePrompt.length", L)
+        gin.bind_parameter("prompts.TaskPrompts.length", L)
+    yield
+    gin.clear_config()
+
+
+def _prompt(params, k):
+    return params["shared"] * (params["task_cols"][k] @ params["task_rows"][k])
+
+
+def test_target_average_init_is_the_rank_r_average_of_source_task_matrices(
+    config, backbone, source_dir
+):
+    directory, src = source_dir
+    st = stages.target(ctx_for(config, backbone, ["t1", "t2"]), source_dir=directory)
+    got = st.init_params()
+    mean = np.mean([src["task_cols"][k] @ src["task_rows"][k] for k in range(3)], axis=0)
+    u, s, vt = np.linalg.svd(mean.astype(np.float64))
+    best = s[0] * np.outer(u[:, 0], vt[0])  # the best rank-1 approximation of the average
+    np.testing.assert_array_equal(got["shared"], src["shared"])
+    assert got["task_cols"].shape == (2, L, 1) and got["task_rows"].shape == (2, 1, D)
+    for t in range(2):
+        np.testing.assert_allclose(got["task_cols"][t] @ got["task_rows"][t], best, rtol=1e-4,
+                                   atol=1e-5)  # fmt: skip
+    # Averaging a chosen subset, by name.
+    st = stages.target(ctx_for(config, backbone, ["t1"]), source_dir=directory,
+                       source_tasks=["s1", "s3"])  # fmt: skip
+    got = st.init_params()
+    mean = np.mean([src["task_cols"][k] @ src["task_rows"][k] for k in (0, 2)], axis=0)
+    u, s, vt = np.linalg.svd(mean.astype(np.float64))
+    np.testing.assert_allclose(got["task_cols"][0] @ got["task_rows"][0],
+                               s[0] * np.outer(u[:, 0], vt[0]), rtol=1e-4, atol=1e-5)  # fmt: skip
+
+
+def test_target_exact_init_by_task_name(config, backbone, source_dir):
+    directory, src = source_dir
+    st = stages.target(ctx_for(config, backbone, ["s3", "s1"]), source_dir=directory, init="exact")
+    got = st.init_params()
+    for t, k in enumerate((2, 0)):  # each target task starts from its namesake
+        np.testing.assert_allclose(_prompt(got, t), _prompt(src, k), rtol=1e-6)
+    st = stages.target(ctx_for(config, backbone, ["new"]), source_dir=directory, init="exact",
+                       source_task="s2")  # fmt: skip
+    np.testing.assert_allclose(_prompt(st.init_params(), 0), _prompt(src, 1), rtol=1e-6)
+    with pytest.raises(TaskIndexError, match="new"):
+        stages.target(ctx_for(config, backbone, ["new"]), source_dir=directory,
+                      init="exact").init_params()  # fmt: skip
+
+
+def test_target_shared_only_and_fresh(config, backbone, source_dir):
+    directory, src = source_dir
+    got = stages.target(ctx_for(config, backbone, ["t"]), source_dir=directory,
+                        init="shared_only").init_params()  # fmt: skip
+    np.testing.assert_array_equal(got["shared"], src["shared"])
+    np.testing.assert_allclose(got["task_cols"][0] @ got["task_rows"][0], 1.0, atol=0.05)
+    fresh = stages.target(ctx_for(config, backbone, ["t"]), init="fresh").init_params()
+    assert not np.allclose(fresh["shared"], src["shared"])
+    with pytest.raises(ValueError, match="'nope'"):
+        stages.target(ctx_for(config, backbone, ["t"]), init="nope")
+
+
+def test_spot_starts_from_a_source_task_prompt(config, backbone, source_dir):
+    directory, src = source_dir
+    st = stages.spot(ctx_for(config, backbone, ["t"]), source_dir=directory, source_task="s2")
+    np.testing.assert_allclose(st.init_params()["shared"], _prompt(src, 1), rtol=1e-6)
+    st = stages.spot(ctx_for(config, backbone, ["t"]), source_dir=directory)
+    np.testing.assert_array_equal(st.init_params()["shared"], src["shared"])
+
+
+def test_source_refuses_teachers_of_other_tasks(config, backbone, tmp_path):
+    teacher = {"task_prompts": np.ones((2, L, D), np.float32)}
+    _save_run(str(tmp_path), teacher, ("a", "b"))
+    with pytest.raises(TaskIndexError, match="'a'"):
+        stages.source(ctx_for(config, backbone, ["b", "a"]), teacher_dir=str(tmp_path))
+    st = stages.source(ctx_for(config, backbone, ["a", "b"]), teacher_dir=str(tmp_path))
+    assert isinstance(st.prompt, MultitaskPrompt) and st.prompt.num_tasks == 2
+    with pytest.raises(ValueError, match="teacher_dir"):
+        stages.source(ctx_for(config, backbone, ["a", "b"]))
+
+
+def test_prompt_tuning_vocab_init_uses_embedding_rows(config, backbone):
+    st = stages.prompt_tuning(ctx_for(config, backbone, ["t"]), init="vocab", num_vocab_ids=50)
+    prompt = st.init_params()["shared"]
+    table = backbone["token_embedder"]["embedding"][:50]
+    for row in prompt:
+        assert np.min(np.abs(table - row).max(-1)) == 0.0
+
+
+def test_generator_task_count_must_match_the_mapping(config, backbone):
+    with pytest.raises(ValueError, match="3 tasks"):
+        stages.build_generator(
+            HierarchicalPrompt,
+            ctx_for(config, backbone, ["a", "b"]),
+            task_groups=(0, 0, 1),
+            length=L,
+        )
+    with pytest.raises(TypeError, match="'init'"):
+        stages.build_generator(MultitaskPrompt, ctx_for(config, backbone, ["a"]), init=None)
+
+
+def test_per_task_optimizer_equals_separate_optimizers():
+    rng = np.random.default_rng(1)
+    table = jnp.asarray(rng.normal(size=(3, L, D)), jnp.float32)
+    grads = [jnp.asarray(rng.normal(size=(3, L, D)), jnp.float32) for _ in range(2)]
+    tx = make_optimizer()
+    wrapped = per_task(tx)
+    state, params = wrapped.init(table), table
+    for g in grads:
+        updates, state = wrapped.update(g, state, params)
+        params = optax.apply_updates(params, updates)
+    for k in range(3):
+        s, p = tx.init(table[k]), table[k]
+        for g in grads:
+            u, s = tx.update(g[k], s, p)
+            p = optax.apply_updates(p, u)
+        np.testing.assert_allclose(params[k], p, rtol=1e-6, atol=1e-7)
+    # The whole-table optimizer differs (its parameter scale is the table's RMS).
+    u_all, _ = tx.update(grads[0], tx.init(table), table)
+    u_sep, _ = wrapped.update(grads[0], wrapped.init(table), table)
+    assert not np.allclose(u_all, u_sep)
+
+
+def test_backbone_loads_from_msgpack_and_safetensors(config, backbone, tmp_path):
+    from safetensors.numpy import save_file
+
+    path = str(tmp_path / "b.msgpack")
+    with open(path, "wb") as f:
+        f.write(flax.serialization.msgpack_serialize({"params": backbone}))
+    _, loaded, ref = backbone_loading.load_backbone(config, path)
+    jax.tree.map(np.testing.assert_array_equal, loaded, backbone)
+    assert ref == os.path.abspath(path)
+    flat = {"/".join(str(k.key) for k in p): np.asarray(v)
+            for p, v in jax.tree_util.tree_leaves_with_path(backbone)}  # fmt: skip
+    save_file(flat, str(tmp_path / "b.safetensors"))
+    _, loaded, _ = backbone_loading.load_backbone(config, str(tmp_path / "b.safetensors"))
+    jax.tree.map(np.testing.assert_array_equal, loaded, backbone)
+    bigger = dataclasses.replace(config, mlp_dim=config.mlp_dim * 2)
+    with pytest.raises(ValueError, match="mlp/wi_0/kernel"):
+        backbone_loading.load_backbone(bigger, path)
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        backbone_loading.load_backbone(config, str(tmp_path / "nowhere.msgpack"))
+    _, random_params, ref = backbone_loading.load_backbone(config, "random:0")
+    assert ref == "random:0"
+    jax.tree.map(np.testing.assert_array_equal, random_params, backbone)
