@@ -1,9 +1,10 @@
 """How every mpt task is put together and registered.
 
-Task names: ``mpt_<benchmark>_<task>`` (``mpt_glue_rte``, ``mpt_superglue_boolq``,
-``mpt_mrqa_nq``, ``mpt_squad``, ``mpt_record`` is ``mpt_superglue_record``, …), few-shot
-variants ``<name>_<k>shot`` (``mpt_glue_rte_16shot``), mixtures ``mpt_<what>_mixture``.
-These names are stable: they are the keys of the saved task-id mapping.
+Task names: ``mpt_<benchmark>_<task>`` for benchmark suites (``mpt_glue_rte``,
+``mpt_superglue_record``, ``mpt_mrqa_nq``), ``mpt_<task>`` for single datasets
+(``mpt_squad``, ``mpt_paws``); few-shot variants ``<name>_<k>shot``
+(``mpt_glue_rte_16shot``); mixtures ``mpt_<group>_mixture``. These names are stable: they
+are the keys of the saved task-id mapping.
 
 Preprocessing of every task, in order:
 

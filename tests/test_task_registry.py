@@ -217,3 +217,30 @@ def test_too_long_example_is_an_error_in_the_task(file_bound):
         )
         with pytest.raises(tf.errors.InvalidArgumentError, match="inputs of mpt_glue_rte"):
             list(ds.as_numpy_iterator())
+
+
+def test_seqio_evaluator_scores_a_task(file_bound):
+    """T5X's evaluation path: seqio.Evaluator + our converter + the task's metrics."""
+    gin.bind_parameter("active_task_index.task_names", ["mpt_glue_rte"])
+    evaluator = seqio.Evaluator(
+        mixture_or_task_name="mpt_glue_rte",
+        feature_converter=PromptEncDecFeatureConverter(),
+        eval_split="validation",
+        sequence_length=None,  # measured, task_ids included (length 1)
+    )
+    vocab = seqio.ByteVocabulary()
+    seen_ids = []
+
+    def predict_fn(ds):
+        outputs = []
+        for index, batch in ds.as_numpy_iterator():
+            seen_ids.append(int(batch["task_ids"]))
+            outputs.append((index, vocab.encode("entailment")))
+        return outputs
+
+    def score_fn(ds):
+        return [(index, 0.0) for index, _ in ds.as_numpy_iterator()]
+
+    results, _ = evaluator.evaluate(compute_metrics=True, predict_fn=predict_fn, score_fn=score_fn)
+    assert results.result() == {"mpt_glue_rte": {"accuracy": 50.0}}
+    assert seen_ids == [0, 0]
