@@ -38,6 +38,12 @@ def test_every_benchmark_task_and_variant_is_registered_once():
         for k in (4, 16, 32):
             assert f"{name}_{k}shot" in names
     assert TaskIndex.from_mixture("mpt_source_mixture").names == tuple(SOURCES)
+    # seqio orders a mixture's tasks by name; that order is the task-id order.
+    assert TaskIndex.from_mixture("mpt_glue_mixture").names[:3] == (
+        "mpt_glue_cola",
+        "mpt_glue_mnli",
+        "mpt_glue_mrpc",
+    )
     assert TaskIndex.from_mixture("mpt_glue_mixture").num_tasks == 8
     assert TaskIndex.from_mixture("mpt_superglue_mixture").num_tasks == 5
 

@@ -17,7 +17,8 @@ mappings (MNLI is id 0 in the source mixture and may be id 3 in a GLUE target ru
 the preprocessor looks the id up in the *active* index when the dataset is built:
 
 - in gin: ``active_task_index.task_names = ['mpt_glue_mnli', 'mpt_glue_qnli', ...]``
-  or ``active_task_index.mixture = 'mpt_source'`` (the mixture's task order);
+  or ``active_task_index.mixture = 'mpt_source_mixture'`` (the mixture's tasks in
+  seqio's order, ``Mixture.tasks``: sorted by name);
 - in Python: ``with use_task_index(TaskIndex(("mpt_glue_rte",))): ...``.
 
 With neither, building a dataset fails with an error that says how to bind one; there is
@@ -138,7 +139,11 @@ class TaskIndex:
 
     @classmethod
     def from_mixture(cls, mixture_or_task: str) -> TaskIndex:
-        """The tasks of a registered seqio mixture, in the mixture's order (one task: itself)."""
+        """The tasks of a registered seqio mixture (one task: itself).
+
+        The order is seqio's ``Mixture.tasks`` order, sorted by task name (sub-mixtures
+        flattened), so it does not depend on the order the mixture was defined in.
+        """
         provider = seqio.get_mixture_or_task(mixture_or_task)
         if isinstance(provider, seqio.Mixture):
             return cls(tuple(task.name for task in provider.tasks))
@@ -185,7 +190,7 @@ def active_task_index(
     """The mapping that :func:`add_task_ids` uses when a dataset is built.
 
     Precedence: an index set with :func:`use_task_index` (innermost first), then the gin
-    bindings ``task_names`` (explicit order) or ``mixture`` (the mixture's task order).
+    bindings ``task_names`` (explicit order) or ``mixture`` (its tasks sorted by name).
 
     Raises:
       TaskIndexError: when none of them is set, or both gin bindings are.
