@@ -2,6 +2,8 @@
 
 import functools
 
+import hypothesis
+import hypothesis.strategies as st
 import numpy as np
 import pytest
 
@@ -96,3 +98,17 @@ def test_postprocessors_map_text_to_labels():
     assert postprocessors.qa_answers(b" cat ", example) == "cat"
     assert postprocessors.multirc("True", example) == {"group": "p0-q1", "value": 1}
     assert postprocessors.multirc("yes", example) == {"group": "p0-q1", "value": INVALID}
+
+
+@hypothesis.settings(max_examples=60, deadline=None, derandomize=True)
+@hypothesis.given(st.text(max_size=30), st.text(max_size=30))
+def test_qa_scores_are_bounded_and_consistent(prediction, gold):
+    em = metrics.exact_match_score(prediction, gold)
+    f1 = metrics.token_f1_score(prediction, gold)
+    assert em in (0.0, 1.0) and 0.0 <= f1 <= 1.0
+    assert f1 == pytest.approx(metrics.token_f1_score(gold, prediction))  # symmetric
+    if em == 1.0 and metrics.normalize_answer(gold):
+        assert f1 == pytest.approx(1.0)
+    assert metrics.normalize_answer(metrics.normalize_answer(gold)) == (
+        metrics.normalize_answer(gold)
+    )

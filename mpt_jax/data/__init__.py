@@ -5,6 +5,7 @@
 - ``mpt_jax.data.feature_converter``: ``PromptEncDecFeatureConverter``, seqio's
   encoder-decoder converter with ``task_ids`` kept, packing refused and an explicit
   length policy.
+- ``mpt_jax.data.synthetic``: the embedded benchmark the default run trains on.
 
 Submodules import TensorFlow, so they are imported on demand, not here.
 """
