@@ -10,7 +10,8 @@ The module speaks T5X's `EncoderDecoderModel` protocol (`__call__`, `encode`,
 `decode`) with an extra `task_ids [batch]` argument wherever the prompt is
 computed. gin::
 
-    PromptedT5.config = @mpt_jax.backbone.get_config()
+    PromptedT5.config = @get_config()
+    get_config.name = "t5_1_1_base"
     PromptedT5.prompt = @prompts.MultitaskPrompt()
 """
 

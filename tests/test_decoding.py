@@ -95,6 +95,12 @@ def test_cached_step_logits_equal_full_forward(model_and_params):
         steps.append(np.asarray(logits[:, 0]))
     full = model.apply({"params": params}, ENC, inputs, targets, TASKS, enable_dropout=False)
     np.testing.assert_allclose(np.stack(steps, 1), full, atol=1e-4)
+    # Encoder keys were projected once and kept: [batch, heads, L + S, head_dim].
+    cross = cache["decoder"]["layers_1"]["encoder_decoder_attention"]
+    assert bool(cross["cross_cache_filled"])
+    wk = params["decoder"]["layers_1"]["encoder_decoder_attention"]["key"]["kernel"]
+    expected = np.einsum("bse,ehd->bhsd", encoded, np.asarray(wk).reshape(32, 4, 8))
+    np.testing.assert_allclose(cross["cached_cross_key"], expected, atol=1e-5)
 
 
 def test_beam_one_equals_greedy(model_and_params):

@@ -6,9 +6,9 @@ module and a static argument of `jax.jit`. Field names follow T5X's minimal T5
 
 Gin example::
 
-    MODEL_CONFIG = @mpt_jax.backbone.get_config()
-    mpt_jax.backbone.get_config.name = "t5_1_1_base"
-    mpt_jax.backbone.get_config.overrides = {"dropout_rate": 0.0}
+    PromptedT5.config = @get_config()
+    get_config.name = "t5_1_1_base"
+    get_config.overrides = {"dropout_rate": 0.0, "dtype": "bfloat16"}
 """
 
 from __future__ import annotations

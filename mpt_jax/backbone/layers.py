@@ -221,12 +221,17 @@ class MultiHeadAttention(nn.Module):
     `cached_key/cached_value` `[batch, heads, max_length, head_dim]` and a
     scalar `cache_index`; the first call (with full-length inputs) creates it,
     later calls feed one position `[batch, 1, embed]` at a time.
+    Cross-attention (`cross_attention=True`) with `decode=True` caches the
+    projected encoder keys/values `cached_cross_key/cached_cross_value`
+    `[batch, heads, enc_length, head_dim]`, computed at the first step (flag
+    `cross_cache_filled`) instead of at every step.
     """
 
     num_heads: int
     head_dim: int
     dropout_rate: float = 0.0
     dtype: jnp.dtype = jnp.float32
+    cross_attention: bool = False
 
     @nn.compact
     def __call__(
@@ -267,11 +272,18 @@ class MultiHeadAttention(nn.Module):
         heads = lambda w: w.reshape(w.shape[0], self.num_heads, self.head_dim)
         # [batch, length, embed] x [embed, heads, head_dim] -> [batch, heads, length, head_dim]
         q = matmul("bse,ehd->bhsd", inputs_q, heads(wq), self.dtype)
-        k = matmul("bse,ehd->bhsd", inputs_kv, heads(wk), self.dtype)
-        v = matmul("bse,ehd->bhsd", inputs_kv, heads(wv), self.dtype)
 
-        if decode:
-            q, k, v, bias = self._use_cache(q, k, v, bias)
+        def project_kv():
+            k = matmul("bse,ehd->bhsd", inputs_kv, heads(wk), self.dtype)
+            v = matmul("bse,ehd->bhsd", inputs_kv, heads(wv), self.dtype)
+            return k, v
+
+        if decode and self.cross_attention:
+            k, v = self._cached_cross_kv(project_kv)
+        else:
+            k, v = project_kv()
+            if decode:
+                q, k, v, bias = self._use_cache(q, k, v, bias)
 
         # [batch, heads, q_len, kv_len]
         logits = matmul("bhqd,bhkd->bhqk", q, k, self.dtype)
@@ -290,6 +302,23 @@ class MultiHeadAttention(nn.Module):
         # [batch, heads, q_len, head_dim] x [heads, head_dim, embed] -> [batch, q_len, embed]
         return matmul("bhqd,hde->bqe", out, wo.reshape(self.num_heads, self.head_dim, embed),
                       self.dtype)  # fmt: skip
+
+    def _cached_cross_kv(self, project_kv: Callable[[], tuple[Array, Array]]):
+        """Encoder keys/values: projected once per decode, then read from the cache."""
+        if not self.has_variable("cache", "cached_cross_key"):
+            k, v = project_kv()
+            self.variable("cache", "cached_cross_key", lambda: k)
+            self.variable("cache", "cached_cross_value", lambda: v)
+            self.variable("cache", "cross_cache_filled", lambda: jnp.array(False))
+            return k, v
+        cached_key = self.variable("cache", "cached_cross_key")
+        cached_value = self.variable("cache", "cached_cross_value")
+        filled = self.variable("cache", "cross_cache_filled")
+        k, v = jax.lax.cond(
+            filled.value, lambda: (cached_key.value, cached_value.value), project_kv
+        )
+        cached_key.value, cached_value.value, filled.value = k, v, jnp.array(True)
+        return k, v
 
     def _use_cache(self, q: Array, k: Array, v: Array, bias: Array | None):
         """Create the cache (first call) or write one step into it and read it all."""

@@ -100,8 +100,13 @@ class DecoderLayer(nn.Module):
         y = y + _dropout(cfg)(z, deterministic=deterministic)
         z = RmsNorm(cfg.layer_norm_epsilon, name="pre_cross_attention_layer_norm")(y)
         z = MultiHeadAttention(
-            cfg.num_heads, cfg.head_dim, cfg.dropout_rate, dtype, name="encoder_decoder_attention"
-        )(z, encoded, cross_bias, deterministic=deterministic)
+            cfg.num_heads,
+            cfg.head_dim,
+            cfg.dropout_rate,
+            dtype,
+            cross_attention=True,
+            name="encoder_decoder_attention",
+        )(z, encoded, cross_bias, decode=decode, deterministic=deterministic)
         y = y + _dropout(cfg)(z, deterministic=deterministic)
         z = RmsNorm(cfg.layer_norm_epsilon, name="pre_mlp_layer_norm")(y)
         z = MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, dtype, name="mlp")(
