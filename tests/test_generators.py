@@ -227,7 +227,7 @@ def _composed_numpy(composition, p, ids, x, mask):
 @pytest.mark.parametrize("composition", COMPOSITIONS)
 def test_composed_prompt_matches_formula_and_mixed_batch(composition, rank):
     module = _composed(composition, rank)
-    variables = module.init(jax.random.key(0), IDS, X, MASK)
+    variables = jax.eval_shape(module.init, jax.random.key(0), IDS, X, MASK)  # shapes only
     params = _random_like(nn.unbox(variables)["params"])
     out = np.asarray(module.apply({"params": params}, IDS, X, MASK))
     assert out.shape == (len(IDS), module.prompt_length, D)
@@ -250,7 +250,8 @@ def test_composed_prompt_matches_formula_and_mixed_batch(composition, rank):
 
 def test_composed_prompt_jit_and_gradient_against_finite_differences():
     module = _composed("gated", 2)
-    params = _random_like(nn.unbox(module.init(jax.random.key(0), IDS, X))["params"])
+    shapes = jax.eval_shape(module.init, jax.random.key(0), IDS, X)
+    params = _random_like(nn.unbox(shapes)["params"])
 
     def loss(p):
         return jnp.sum(jnp.sin(module.apply({"params": p}, IDS)))
@@ -347,7 +348,7 @@ def test_hierarchical_prompt_matches_formula(
         group_length=2 if group_composition == "concat" else None,
         task_length=3 if task_composition == "concat" else None,
     )  # fmt: skip
-    variables = module.init(jax.random.key(0), IDS, None)
+    variables = jax.eval_shape(module.init, jax.random.key(0), IDS, None)
     names = _names(variables)
     group_key = "group_prompts" if group_rank is None else "group_cols"
     assert names[group_key][0] == "groups"
@@ -391,3 +392,29 @@ def test_hierarchical_bad_groups_are_named():
     module = HierarchicalPrompt(task_groups=GROUPS, length=L, embed_dim=D)
     with pytest.raises(ValueError, match="task id 3 out of range"):
         module.init(jax.random.key(0), np.array([3]), None)
+
+
+def test_gin_builds_generators_from_the_docstring_bindings():
+    import gin
+
+    gin.clear_config()
+    try:
+        gin.parse_config(
+            """
+            prompts.MultitaskPrompt.num_tasks = 2
+            prompts.MultitaskPrompt.length = 3
+            prompts.MultitaskPrompt.embed_dim = 4
+            prompts.MultitaskPrompt.num_ranks = 2
+            prompts.MultitaskPrompt.shared_init = @prompts.constant()
+            prompts.constant.value = 0.25
+            prompts.ComposedPrompt.composition = "add"
+            """
+        )
+        module = MultitaskPrompt()
+        assert (module.num_tasks, module.length, module.num_ranks) == (2, 3, 2)
+        variables = module.init(jax.random.key(0), np.array([0, 1]), None)
+        np.testing.assert_array_equal(nn.unbox(variables)["params"]["shared"], 0.25)
+        composed = ComposedPrompt(num_tasks=2, length=3, embed_dim=4)
+        assert composed.composition == "add"
+    finally:
+        gin.clear_config()
