@@ -19,6 +19,11 @@ gin example::
         'mpt_glue_rte': {'train': '/data/rte/train.jsonl', 'validation': '/data/rte/dev.jsonl'},
     }
 
+Which TFDS slices the ``train`` / ``validation`` / ``test`` splits read is the gin
+binding ``split_protocol.name``: ``"tfds"`` (the datasets' own splits; GLUE/SuperGLUE
+test labels are hidden) or ``"heldout"`` (the protocol of ATTEMPT and MPT, which report
+results on labelled test sets; see :func:`heldout_splits`).
+
 Files ending in ``.gz`` are read as gzip. A record that lacks a field of the schema is an
 error naming the file, the line and the field.
 """
@@ -36,6 +41,46 @@ import tensorflow as tf
 
 # A parser turns one JSON line into zero or more records shaped like the output signature.
 Parser = Callable[[Mapping[str, Any]], Iterator[Mapping[str, Any]]]
+
+
+SPLIT_PROTOCOLS = ("tfds", "heldout")
+SMALL_DATASET = 10_000  # training examples below which "heldout" halves the validation set
+HELDOUT_EXAMPLES = 1_000
+
+
+@gin.configurable
+def split_protocol(name: str = "tfds") -> str:
+    """``"tfds"`` or ``"heldout"``: which TFDS slices a task's splits read (gin binding)."""
+    if name not in SPLIT_PROTOCOLS:
+        raise ValueError(f"split_protocol.name must be one of {SPLIT_PROTOCOLS}; got {name!r}.")
+    return name
+
+
+def heldout_splits(
+    train: str = "train", validation: str = "validation", *, small: bool
+) -> dict[str, str]:
+    """The ``"heldout"`` protocol (ATTEMPT, MPT) as TFDS split slices.
+
+    A dataset with fewer than 10k training examples (``small``) keeps its training set and
+    splits its validation set in half: the first half validates, the second is the test
+    set. A larger one holds out its first 1,000 training examples for validation and
+    tests on its validation set. The slices are deterministic (TFDS slicing), not the
+    random halves of ATTEMPT's code, so numbers are comparable in spirit, not digit for
+    digit.
+
+    Args:
+      train: the TFDS training split (``"train_xl"`` for WinoGrande).
+      validation: the TFDS split with labels used for evaluation
+        (``"validation_matched"`` for MNLI, ``"test"`` for Yelp).
+      small: fewer than 10k training examples.
+    """
+    if small:
+        return {"train": train, "validation": f"{validation}[:50%]", "test": f"{validation}[50%:]"}
+    return {
+        "train": f"{train}[{HELDOUT_EXAMPLES}:]",
+        "validation": f"{train}[:{HELDOUT_EXAMPLES}]",
+        "test": validation,
+    }
 
 
 @gin.configurable
@@ -123,7 +168,9 @@ class BenchmarkSource(seqio.DataSource):
       output_signature: nested ``tf.TensorSpec`` s of one record (jsonl reading).
       parser: jsonl line → records.
       tfds_name: e.g. ``"glue/rte:2.0.0"``; ``None`` when the data only comes from files.
-      tfds_splits: task split → TFDS split (``{"validation": "validation_matched"}``).
+      tfds_splits: task split → TFDS split under ``split_protocol.name = "tfds"``
+        (``{"validation": "validation_matched"}``).
+      heldout: task split → TFDS slice under ``"heldout"`` (:func:`heldout_splits`).
       tfds_map: optional per-record function applied to TFDS records.
     """
 
@@ -135,6 +182,7 @@ class BenchmarkSource(seqio.DataSource):
         parser: Parser = identity_parser,
         tfds_name: str | None = None,
         tfds_splits: Mapping[str, str] | None = None,
+        heldout: Mapping[str, str] | None = None,
         tfds_map: Callable[[dict], dict] | None = None,
     ):
         super().__init__(splits=splits, num_input_examples=None, caching_permitted=True)
@@ -142,9 +190,12 @@ class BenchmarkSource(seqio.DataSource):
         self._output_signature = output_signature
         self._parser = parser
         self._tfds_name = tfds_name
-        self._tfds_splits = dict(tfds_splits or {s: s for s in splits})
+        self._tfds_splits = {
+            "tfds": dict(tfds_splits or {s: s for s in splits}),
+            "heldout": dict(heldout or {}),
+        }
         self._tfds_map = tfds_map
-        self._tfds_source: seqio.TfdsDataSource | None = None
+        self._tfds_sources: dict[str, seqio.TfdsDataSource] = {}  # by protocol and data dir
         self._line_counts: dict[str, int] = {}
 
     @property
@@ -166,7 +217,18 @@ class BenchmarkSource(seqio.DataSource):
             )
         return _expand(splits[split], self._task_name, split)
 
-    def _tfds(self) -> seqio.TfdsDataSource:
+    def tfds_split_map(self) -> dict[str, str]:
+        """Task split → TFDS split (or slice) under the current ``split_protocol``."""
+        protocol = split_protocol()
+        mapping = self._tfds_splits[protocol]
+        if not mapping:
+            raise ValueError(
+                f"Task {self._task_name!r} defines no {protocol!r} split protocol; use "
+                f"one of {[p for p, m in self._tfds_splits.items() if m]}."
+            )
+        return mapping
+
+    def _tfds(self, split: str) -> seqio.TfdsDataSource:
         """The TFDS source, once the dataset is known to be prepared (never downloads)."""
         if self._tfds_name is None:
             raise ValueError(
@@ -174,10 +236,17 @@ class BenchmarkSource(seqio.DataSource):
                 f"task_data_files.files = {{'{self._task_name}': {{'train': '...', "
                 "'validation': '...'}}} in gin."
             )
-        if self._tfds_source is None:
+        mapping = self.tfds_split_map()
+        if split not in mapping:
+            raise ValueError(
+                f"Task {self._task_name!r} has no split {split!r} under split protocol "
+                f"{split_protocol()!r}; it has {sorted(mapping)}."
+            )
+        protocol, data_dir = split_protocol(), tfds_data_dir()
+        key = f"{protocol}:{data_dir}"
+        if key not in self._tfds_sources:
             import tensorflow_datasets as tfds
 
-            data_dir = tfds_data_dir()
             builder = tfds.builder(self._tfds_name, data_dir=data_dir)
             if not builder.is_prepared():
                 raise FileNotFoundError(
@@ -186,10 +255,10 @@ class BenchmarkSource(seqio.DataSource):
                     "time. Prepare it (e.g. `tfds build`), point tfds_data_dir.data_dir at "
                     "it, or bind jsonl files with task_data_files.files."
                 )
-            self._tfds_source = seqio.TfdsDataSource(
-                tfds_name=self._tfds_name, splits=self._tfds_splits, tfds_data_dir=data_dir
+            self._tfds_sources[key] = seqio.TfdsDataSource(
+                tfds_name=self._tfds_name, splits=mapping, tfds_data_dir=data_dir
             )
-        return self._tfds_source
+        return self._tfds_sources[key]
 
     def _check_split(self, split: str) -> None:
         if split not in self.splits:
@@ -212,7 +281,7 @@ class BenchmarkSource(seqio.DataSource):
         self._check_split(split)
         files = self._files(split)
         if files is None:
-            ds = self._tfds().get_dataset(
+            ds = self._tfds(split).get_dataset(
                 split=split, shuffle=shuffle, seed=seed, shard_info=shard_info
             )
             if self._tfds_map is not None:
@@ -233,14 +302,14 @@ class BenchmarkSource(seqio.DataSource):
         self._check_split(split)
         files = self._files(split)
         if files is None:
-            return self._tfds().list_shards(split)
+            return self._tfds(split).list_shards(split)
         return files
 
     def num_input_examples(self, split: str) -> int | None:
         self._check_split(split)
         files = self._files(split)
         if files is None:
-            return self._tfds().num_input_examples(split)
+            return self._tfds(split).num_input_examples(split)
         if split not in self._line_counts:
             self._line_counts[split] = sum(
                 1 for _ in records_from_jsonl(files, self._parser, self._output_signature)

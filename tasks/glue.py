@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from . import metrics, postprocessors, preprocessors
 from .common import TaskSpec, register
-from .data_sources import BenchmarkSource, int_spec, string_spec
+from .data_sources import BenchmarkSource, heldout_splits, int_spec, string_spec
 
 GLUE_VERSION = "2.0.0"
 
@@ -39,6 +39,8 @@ GLUE_TASKS = {
 STSB_FIELDS = [("sentence1", "sentence1"), ("sentence2", "sentence2")]
 
 SPLITS = ("train", "validation", "test")
+# Fewer than 10k training examples: the "heldout" protocol halves their validation set.
+SMALL_TASKS = ("rte", "mrpc", "stsb", "cola")
 MNLI_SPLITS = {
     "train": "train",
     "validation": "validation_matched",
@@ -63,12 +65,14 @@ def _signature(fields, label_dtype=tf.int64):
 
 def _source(task: str, config: str, fields, label_dtype=tf.int64) -> BenchmarkSource:
     splits = MNLI_SPLITS if task == "mnli" else {s: s for s in SPLITS}
+    validation = splits["validation"]
     return BenchmarkSource(
         task_name(task),
         splits=list(splits),
         output_signature=_signature(fields, label_dtype),
         tfds_name=f"glue/{config}:{GLUE_VERSION}",
         tfds_splits=splits,
+        heldout=heldout_splits(validation=validation, small=task in SMALL_TASKS),
     )
 
 

@@ -25,10 +25,11 @@ from typing import Any
 
 from . import metrics, postprocessors, preprocessors
 from .common import TaskSpec, register
-from .data_sources import BenchmarkSource, string_spec, strings_spec
+from .data_sources import BenchmarkSource, heldout_splits, string_spec, strings_spec
 
 SQUAD_TFDS_NAME = "squad/v1.1:3.0.0"
 SPLITS = ("train", "validation")
+SQUAD_SPLITS = ("train", "validation", "test")
 # Our name → the dataset's name in the MRQA 2019 release files.
 MRQA_TASKS = {
     "nq": "NaturalQuestions",
@@ -68,9 +69,21 @@ def task_name(task: str) -> str:
 
 def _qa_spec(task: str, tfds_name: str | None) -> TaskSpec:
     name = task_name(task)
+    if tfds_name is None:  # MRQA: the files bound for train and validation
+        source = BenchmarkSource(name, SPLITS, QA_SIGNATURE, parser=mrqa_parser)
+    else:  # SQuAD: TFDS has no test split; "heldout" tests on its validation set
+        source = BenchmarkSource(
+            name,
+            SQUAD_SPLITS,
+            QA_SIGNATURE,
+            parser=mrqa_parser,
+            tfds_name=tfds_name,
+            tfds_splits={s: s for s in SPLITS},
+            heldout=heldout_splits(small=False),
+        )
     return TaskSpec(
         name=name,
-        source=BenchmarkSource(name, SPLITS, QA_SIGNATURE, parser=mrqa_parser, tfds_name=tfds_name),
+        source=source,
         formatter=preprocessors.question_answering,
         postprocess_fn=functools.partial(postprocessors.qa_answers, answers_key="answers"),
         metric_fns=[metrics.squad],

@@ -3,7 +3,7 @@
 Names ``mpt_<task>``; data from TFDS (``winogrande:1.2.0`` with the ``train_xl``
 training set, ``yelp_polarity_reviews:0.2.0``, ``sci_tail:1.0.0``,
 ``paws_wiki/labeled_final_raw:1.1.0``) or jsonl files. Yelp-2 has no validation split in
-TFDS: its ``test`` split serves as ``validation``. Metric: accuracy.
+TFDS: its ``test`` split serves as ``validation`` (and ``test``). Metric: accuracy.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import functools
 
 from . import metrics, postprocessors, preprocessors
 from .common import TaskSpec, register
-from .data_sources import BenchmarkSource, int_spec, string_spec
+from .data_sources import BenchmarkSource, heldout_splits, int_spec, string_spec
 
 # task: (TFDS name, task split → TFDS split, text fields, label names)
 OTHER_TASKS = {
@@ -24,7 +24,7 @@ OTHER_TASKS = {
     ),
     "yelp_polarity": (
         "yelp_polarity_reviews:0.2.0",
-        {"train": "train", "validation": "test"},
+        {"train": "train", "validation": "test", "test": "test"},
         [("sentence", "text")],
         ["negative", "positive"],
     ),
@@ -60,6 +60,10 @@ def register_others() -> None:
                     signature,
                     tfds_name=tfds_name,
                     tfds_splits=splits,
+                    # All four have more than 10k training examples.
+                    heldout=heldout_splits(
+                        train=splits["train"], validation=splits["validation"], small=False
+                    ),
                 ),
                 formatter=functools.partial(
                     preprocessors.classification,

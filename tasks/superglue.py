@@ -16,11 +16,13 @@ import tensorflow as tf
 
 from . import metrics, postprocessors, preprocessors
 from .common import TaskSpec, register
-from .data_sources import BenchmarkSource, int_spec, string_spec, strings_spec
+from .data_sources import BenchmarkSource, heldout_splits, int_spec, string_spec, strings_spec
 
 SUPER_GLUE_VERSION = "1.0.2"
 SPLITS = ("train", "validation", "test")
 BOOLEAN = ["False", "True"]
+# Fewer than 10k training examples: the "heldout" protocol halves their validation set.
+SMALL_TASKS = ("boolq", "cb", "wic", "wsc")
 
 # task: (TFDS config, text fields (name, key), label names, extra int32 fields, metrics)
 CLASSIFICATION_TASKS = {
@@ -54,7 +56,11 @@ def _register_classification() -> None:
             TaskSpec(
                 name=task_name(task),
                 source=BenchmarkSource(
-                    task_name(task), SPLITS, signature, tfds_name=_tfds_name(config)
+                    task_name(task),
+                    SPLITS,
+                    signature,
+                    tfds_name=_tfds_name(config),
+                    heldout=heldout_splits(small=task in SMALL_TASKS),
                 ),
                 formatter=functools.partial(
                     preprocessors.classification,
@@ -84,7 +90,11 @@ def _register_multirc() -> None:
         TaskSpec(
             name=task_name("multirc"),
             source=BenchmarkSource(
-                task_name("multirc"), SPLITS, signature, tfds_name=_tfds_name("multirc")
+                task_name("multirc"),
+                SPLITS,
+                signature,
+                tfds_name=_tfds_name("multirc"),
+                heldout=heldout_splits(small=False),
             ),
             formatter=functools.partial(preprocessors.multirc, label_names=BOOLEAN),
             postprocess_fn=functools.partial(postprocessors.multirc, label_names=BOOLEAN),
@@ -107,7 +117,11 @@ def _register_record() -> None:
         TaskSpec(
             name=task_name("record"),
             source=BenchmarkSource(
-                task_name("record"), SPLITS, signature, tfds_name=_tfds_name("record")
+                task_name("record"),
+                SPLITS,
+                signature,
+                tfds_name=_tfds_name("record"),
+                heldout=heldout_splits(small=False),
             ),
             formatter=preprocessors.record,
             postprocess_fn=postprocessors.qa_answers,

@@ -49,24 +49,67 @@ def test_every_benchmark_task_and_variant_is_registered_once():
 
 
 @pytest.mark.parametrize(
-    "task, tfds_name, tfds_validation",
+    "task, tfds_name, tfds_validation, heldout",
     [
-        ("mpt_glue_rte", "glue/rte:2.0.0", "validation"),
-        ("mpt_glue_mnli", "glue/mnli:2.0.0", "validation_matched"),
-        ("mpt_superglue_boolq", "super_glue/boolq:1.0.2", "validation"),
-        ("mpt_superglue_wsc", "super_glue/wsc.fixed:1.0.2", "validation"),
-        ("mpt_squad", "squad/v1.1:3.0.0", "validation"),
-        ("mpt_winogrande", "winogrande:1.2.0", "validation"),
-        ("mpt_yelp_polarity", "yelp_polarity_reviews:0.2.0", "test"),
-        ("mpt_paws", "paws_wiki/labeled_final_raw:1.1.0", "validation"),
-        ("mpt_mrqa_nq", None, None),
+        (
+            "mpt_glue_rte",
+            "glue/rte:2.0.0",
+            "validation",
+            ("train", "validation[:50%]", "validation[50%:]"),
+        ),
+        (
+            "mpt_glue_mnli",
+            "glue/mnli:2.0.0",
+            "validation_matched",
+            ("train[1000:]", "train[:1000]", "validation_matched"),
+        ),
+        (
+            "mpt_superglue_boolq",
+            "super_glue/boolq:1.0.2",
+            "validation",
+            ("train", "validation[:50%]", "validation[50%:]"),
+        ),
+        (
+            "mpt_superglue_wsc",
+            "super_glue/wsc.fixed:1.0.2",
+            "validation",
+            ("train", "validation[:50%]", "validation[50%:]"),
+        ),
+        (
+            "mpt_squad",
+            "squad/v1.1:3.0.0",
+            "validation",
+            ("train[1000:]", "train[:1000]", "validation"),
+        ),
+        (
+            "mpt_winogrande",
+            "winogrande:1.2.0",
+            "validation",
+            ("train_xl[1000:]", "train_xl[:1000]", "validation"),
+        ),
+        (
+            "mpt_yelp_polarity",
+            "yelp_polarity_reviews:0.2.0",
+            "test",
+            ("train[1000:]", "train[:1000]", "test"),
+        ),
+        ("mpt_paws", "paws_wiki/labeled_final_raw:1.1.0", "validation", None),
+        ("mpt_mrqa_nq", None, None, None),
     ],
 )
-def test_tfds_sources(task, tfds_name, tfds_validation):
+def test_tfds_sources_and_split_protocols(task, tfds_name, tfds_validation, heldout):
     src = seqio.get_mixture_or_task(task).source
     assert src.tfds_name == tfds_name
-    if tfds_name is not None:
-        assert src._tfds_splits["validation"] == tfds_validation
+    if tfds_name is None:
+        return
+    assert src.tfds_split_map()["validation"] == tfds_validation
+    if heldout is not None:
+        gin.bind_parameter("split_protocol.name", "heldout")
+        try:
+            mapping = src.tfds_split_map()
+        finally:
+            gin.clear_config()
+        assert (mapping["train"], mapping["validation"], mapping["test"]) == heldout
 
 
 def test_metrics_are_wired_as_the_paper_reports():
