@@ -127,6 +127,8 @@ def test_average_is_the_truncated_svd_of_the_mean_task_matrix(source):
             np.testing.assert_allclose(w[k], best, rtol=1e-4, atol=1e-5)
     # three rank-1 source tasks average to a rank-3 matrix: recovered exactly at rank 3
     np.testing.assert_allclose(w[0], mean_w, rtol=1e-4, atol=1e-5)
+    peft_name = init_from_source(source, "AVERAGE_SOURCE_TASKS", rank=3)
+    np.testing.assert_array_equal(peft_name["task_cols"], target["task_cols"][:1])
     # and it is not mean(U) · mean(V) (PEFT's AVERAGE_SOURCE_TASKS)
     peft_style = u.mean(axis=0) @ v.mean(axis=0)
     assert np.abs(peft_style - mean_w).max() > 0.1

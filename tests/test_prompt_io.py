@@ -105,7 +105,8 @@ def test_peft_saved_adapter_imports_to_identical_tensors(peft_setup):
     np.testing.assert_array_equal(params["task_rows"], encoder.prefix_task_rows.detach().numpy())
     assert (config["num_tasks"], config["num_virtual_tokens"], config["num_ranks"]) == (T, L, R)
     # The imported prompt through our generator equals PEFT's prompt for the same ids.
-    module = MultitaskPrompt(num_tasks=T, length=L, embed_dim=D, num_ranks=R)
+    module = prompt_io.generator_from_peft_config(config)
+    assert (module.num_tasks, module.length, module.embed_dim, module.num_ranks) == (T, L, D, R)
     ids = np.array([2, 0, 1, 2], np.int32)
     ours = module.apply({"params": params}, ids, None)
     with torch.no_grad():

@@ -32,6 +32,8 @@ import numpy as np
 from flax.core import meta
 from safetensors.numpy import load_file, save_file
 
+from mpt_jax.prompts.generators import MultitaskPrompt
+
 #: Separator joining a parameter's path into its file name (``attn_down.kernel.npy``).
 SEP = "."
 #: Our MPT parameter names → the keys PEFT writes in ``adapter_model.safetensors``.
@@ -304,3 +306,26 @@ def import_peft(
     if template is not None:
         check_against_template(params, template, what=f"PEFT adapter {directory!r}")
     return params, config
+
+
+def generator_from_peft_config(config: Mapping[str, Any], **kwargs: Any) -> MultitaskPrompt:
+    """The :class:`MultitaskPrompt` matching a PEFT MPT ``adapter_config.json``.
+
+    ``num_virtual_tokens`` → ``length``, ``token_dim`` → ``embed_dim``, ``num_tasks``,
+    ``num_ranks``; ``kwargs`` (e.g. ``dtype``) are passed on.
+    """
+    submodules = config.get("num_transformer_submodules") or 1
+    if submodules != 1:
+        raise ValueError(
+            f"num_transformer_submodules={submodules}: mpt_jax prompts the encoder only"
+        )
+    for field in ("num_tasks", "num_virtual_tokens", "token_dim"):
+        if config.get(field) is None:
+            raise ValueError(f"PEFT config lacks {field!r}")
+    return MultitaskPrompt(
+        num_tasks=int(config["num_tasks"]),
+        length=int(config["num_virtual_tokens"]),
+        embed_dim=int(config["token_dim"]),
+        num_ranks=int(config.get("num_ranks") or 1),
+        **kwargs,
+    )

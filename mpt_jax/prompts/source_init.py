@@ -35,6 +35,12 @@ from flax.core import meta
 from mpt_jax.prompts import initializers as inits
 
 METHODS = ("exact", "average", "shared_only")
+#: PEFT's ``prompt_tuning_init`` names, accepted as aliases of :data:`METHODS`.
+PEFT_METHODS = {
+    "EXACT_SOURCE_TASK": "exact",
+    "AVERAGE_SOURCE_TASKS": "average",
+    "ONLY_SOURCE_SHARED": "shared_only",
+}
 
 
 def truncated_factors(matrix: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
@@ -101,7 +107,8 @@ def init_from_source(
     Args:
       source: source MPT parameters ``shared`` ``[L, D]``, ``task_cols`` ``[Ts, L, rs]``,
         ``task_rows`` ``[Ts, rs, D]``.
-      method: ``"exact"``, ``"average"`` or ``"shared_only"`` (see the module doc).
+      method: ``"exact"``, ``"average"`` or ``"shared_only"`` (see the module doc), or
+        PEFT's names ``EXACT_SOURCE_TASK``, ``AVERAGE_SOURCE_TASKS``, ``ONLY_SOURCE_SHARED``.
       num_target_tasks: ``T`` of the target prompt; default 1 (or the template's).
       rank: target rank ``r``; default the source rank (or the template's).
       source_task: the source task ``k`` copied by ``exact``.
@@ -117,8 +124,11 @@ def init_from_source(
       ``task_rows`` ``[T, r, D]`` in the source's dtype; every target task starts
       with the same factors.
     """
+    method = PEFT_METHODS.get(method, method)
     if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+        raise ValueError(
+            f"unknown method {method!r}; expected one of {METHODS} or {tuple(PEFT_METHODS)}"
+        )
     shared, cols, rows = _check_source(source)
     num_source, length, source_rank = cols.shape
     dim = shared.shape[1]
