@@ -44,7 +44,6 @@ Parser = Callable[[Mapping[str, Any]], Iterator[Mapping[str, Any]]]
 
 
 SPLIT_PROTOCOLS = ("tfds", "heldout")
-SMALL_DATASET = 10_000  # training examples below which "heldout" halves the validation set
 HELDOUT_EXAMPLES = 1_000
 
 
@@ -171,7 +170,6 @@ class BenchmarkSource(seqio.DataSource):
       tfds_splits: task split → TFDS split under ``split_protocol.name = "tfds"``
         (``{"validation": "validation_matched"}``).
       heldout: task split → TFDS slice under ``"heldout"`` (:func:`heldout_splits`).
-      tfds_map: optional per-record function applied to TFDS records.
     """
 
     def __init__(
@@ -183,7 +181,6 @@ class BenchmarkSource(seqio.DataSource):
         tfds_name: str | None = None,
         tfds_splits: Mapping[str, str] | None = None,
         heldout: Mapping[str, str] | None = None,
-        tfds_map: Callable[[dict], dict] | None = None,
     ):
         super().__init__(splits=splits, num_input_examples=None, caching_permitted=True)
         self._task_name = task_name
@@ -194,7 +191,6 @@ class BenchmarkSource(seqio.DataSource):
             "tfds": dict(tfds_splits or {s: s for s in splits}),
             "heldout": dict(heldout or {}),
         }
-        self._tfds_map = tfds_map
         self._tfds_sources: dict[str, seqio.TfdsDataSource] = {}  # by protocol and data dir
         self._line_counts: dict[str, int] = {}
 
@@ -281,12 +277,9 @@ class BenchmarkSource(seqio.DataSource):
         self._check_split(split)
         files = self._files(split)
         if files is None:
-            ds = self._tfds(split).get_dataset(
+            return self._tfds(split).get_dataset(
                 split=split, shuffle=shuffle, seed=seed, shard_info=shard_info
             )
-            if self._tfds_map is not None:
-                ds = ds.map(self._tfds_map, num_parallel_calls=tf.data.AUTOTUNE)
-            return ds
         ds = tf.data.Dataset.from_generator(
             lambda: records_from_jsonl(files, self._parser, self._output_signature),
             output_signature=self._output_signature,

@@ -11,7 +11,7 @@ import seqio
 import mpt_jax.tasks
 from mpt_jax.data.feature_converter import PromptEncDecFeatureConverter
 from mpt_jax.data.task_ids import TaskIndex, use_task_index
-from mpt_jax.tasks import metrics, source
+from mpt_jax.tasks import data_sources, metrics, source
 from mpt_jax.tasks.vocab import TASK_VOCABULARY
 
 TARGETS = [
@@ -135,6 +135,20 @@ def test_missing_data_is_an_error_never_a_download(tmp_path):
     finally:
         gin.clear_config()
     assert list(tmp_path.iterdir()) == []  # nothing was downloaded or prepared
+
+
+def test_jsonl_reader_gzip_and_missing_fields(tmp_path):
+    import gzip
+
+    signature = seqio.get_mixture_or_task("mpt_glue_rte").source._output_signature
+    good = {"sentence1": "a", "sentence2": "b", "label": 1, "idx": 0, "extra": "ignored"}
+    path = tmp_path / "rte.jsonl.gz"
+    with gzip.open(path, "wt") as f:
+        f.write(json.dumps(good) + "\n\n" + json.dumps({"sentence1": "a", "label": 0}) + "\n")
+    records = data_sources.records_from_jsonl([str(path)], data_sources.identity_parser, signature)
+    assert next(records) == {"sentence1": "a", "sentence2": "b", "label": 1, "idx": 0}
+    with pytest.raises(ValueError, match=r"rte.jsonl.gz:3: the record has no field 'sentence2'"):
+        next(records)
 
 
 RTE_LINES = [
