@@ -232,6 +232,16 @@ def test_bfloat16_mode_uses_bf16_matmuls_with_f32_outputs(params):
     assert 0 < rel < 0.05, rel
 
 
+def test_frozen_weights_stored_in_bfloat16(params):
+    """Frozen weights may be stored in bfloat16; activations and logits stay float32."""
+    cfg16 = CFG.replace(dtype="bfloat16")
+    p16 = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.bfloat16), params)
+    logits = _logits(cfg16, p16)
+    assert logits.dtype == np.float32
+    f32 = _logits(CFG, params)
+    assert np.abs(logits - f32).max() / np.abs(f32).max() < 0.05
+
+
 def test_remat_gives_the_same_gradients(params):
     def loss(config, p):
         logits = T5(config).apply({"params": p}, ENC, DEC_IN, TGT, enable_dropout=False)

@@ -143,3 +143,38 @@ def test_wrong_config_is_refused():
         convert_hf_state_dict(state, config.replace(num_decoder_layers=4))
     with pytest.raises(ValueError, match=r"shared.weight has shape"):
         convert_hf_state_dict(state, config.replace(vocab_size=100))
+
+
+def test_greedy_decoding_matches_hugging_face_generate():
+    from mpt_jax.decoding import greedy_decode
+    from mpt_jax.model import PromptedT5
+
+    hf = _hf_model(**CASES["t5_1_1_gated_gelu_untied"])
+    with torch.no_grad():  # sharper output distribution: EOS wins at varied steps
+        hf.lm_head.weight.mul_(8.0)
+        hf.lm_head.weight[0].zero_()  # padding is never the likeliest token
+        hf.lm_head.weight[1].mul_(4.0)  # EOS sometimes is
+    config = config_from_hf(hf.config, dropout_rate=0.0)
+    params = convert_hf_state_dict(_state_dict(hf), config)
+    enc, _, _ = _batch(config.vocab_size)
+    max_len = 8
+    with torch.no_grad():
+        ref = hf.generate(
+            input_ids=torch.tensor(enc, dtype=torch.long),
+            attention_mask=torch.tensor(enc > 0, dtype=torch.long),
+            do_sample=False,
+            num_beams=1,
+            max_new_tokens=max_len,
+            min_new_tokens=0,
+            eos_token_id=1,
+            pad_token_id=0,
+            decoder_start_token_id=0,
+            # transformers' cache mis-sizes when decoder and encoder depths differ.
+            use_cache=False,
+        ).numpy()[:, 1:]  # drop the start token
+    ours, _ = greedy_decode(PromptedT5(config), params, enc, max_decode_length=max_len)
+    ref = np.pad(ref, ((0, 0), (0, max_len - ref.shape[1])))
+    print("greedy tokens (ours == transformers):\n", np.asarray(ours))
+    np.testing.assert_array_equal(np.asarray(ours), ref)
+    assert (ref[:, 1:] > 1).any()  # not a trivial immediate EOS
+    assert (ref == 1).any()  # some sequence ends before max_len

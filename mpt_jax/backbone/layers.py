@@ -116,7 +116,9 @@ class Embed(nn.Module):
         if self.one_hot:
             one_hot = jax.nn.one_hot(ids, self.num_embeddings, dtype=self.dtype)
             return matmul("...v,ve->...e", one_hot, self.embedding, self.dtype)
-        return jnp.take(self.embedding, ids, axis=0)
+        # float32 even when the frozen table is stored in bfloat16, so the
+        # residual stream (and a prompt concatenated to it) stays float32.
+        return jnp.take(self.embedding, ids, axis=0).astype(jnp.float32)
 
     def attend(self, x: Array) -> Array:
         """`[..., embed]` -> logits `[..., vocab]` against the embedding matrix."""
