@@ -102,3 +102,17 @@ def test_one_gin_binding_sets_the_policy():
         assert PromptEncDecFeatureConverter(truncation="error").truncation == "error"
     finally:
         gin.clear_config()
+
+
+def test_gin_dynamic_registration_finds_the_converter():
+    """configs/runs/*.gin bind it as ``@feature_converter.PromptEncDecFeatureConverter``."""
+    gin.parse_config(
+        "from __gin__ import dynamic_registration\n"
+        "from mpt_jax.data import feature_converter\n"
+        "feature_converter.PromptEncDecFeatureConverter.truncation = 'truncate'\n"
+        "feature_converter.length_policy.truncation = 'error'\n"
+    )
+    try:
+        assert PromptEncDecFeatureConverter().truncation == "truncate"  # explicit wins
+    finally:
+        gin.clear_config()

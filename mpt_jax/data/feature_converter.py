@@ -178,7 +178,7 @@ def _log_truncation(feature, where, length, max_length, total):
         return tf.constant(True)
 
 
-@gin.configurable(module="mpt_jax.data")
+@gin.configurable
 class PromptEncDecFeatureConverter(seqio.FeatureConverter):
     """``seqio.EncDecFeatureConverter`` for prompted models: keeps ``task_ids``, never packs.
 
