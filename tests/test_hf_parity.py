@@ -114,8 +114,9 @@ def test_safetensors_directory_round_trip(tmp_path):
     hf = _hf_model(**CASES["t5_1_1_gated_gelu_untied"])
     state = _state_dict(hf)
     (tmp_path / "config.json").write_text(hf.config.to_json_string())
-    # The config.json of transformers >= 5 says "tied"; this file holds an untied lm_head.
-    config = config_from_hf(hf.config)
+    config = config_from_hf(tmp_path)  # reads config.json
+    assert config == config_from_hf(hf.config)
+    assert not config.logits_via_embedding  # T5 1.1: untied, unscaled
     save_file(state, str(tmp_path / "model.safetensors"))
     loaded = load_hf_checkpoint(tmp_path, config)
     direct = convert_hf_state_dict(state, config)
@@ -131,6 +132,15 @@ def test_safetensors_directory_round_trip(tmp_path):
         loaded["decoder"]["relpos_bias"]["rel_embedding"],
         state["decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"].T,
     )
+    # bfloat16 checkpoints load as float32 (exactly the bfloat16 values).
+    import ml_dtypes
+
+    half = {k: v.astype(ml_dtypes.bfloat16) for k, v in state.items()}
+    save_file(half, str(tmp_path / "model.safetensors"))
+    loaded16 = load_hf_checkpoint(tmp_path, config)
+    emb = loaded16["token_embedder"]["embedding"]
+    assert emb.dtype == np.float32
+    np.testing.assert_array_equal(emb, half["shared.weight"].astype(np.float32))
 
 
 def test_wrong_config_is_refused():

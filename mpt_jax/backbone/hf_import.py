@@ -73,12 +73,10 @@ def config_from_hf(hf_config: Mapping[str, Any] | Any | str | os.PathLike, **ove
             path = path / "config.json"
         hf_config = json.loads(path.read_text())
     if not isinstance(hf_config, Mapping):
-        obj = hf_config
-        hf_config = dict(obj.to_dict())
-        # transformers >= 5 always ties in memory and records T5 1.1's untied
-        # output layer as "no decoder output scaling".
-        if hasattr(obj, "scale_decoder_outputs"):
-            hf_config["tie_word_embeddings"] = bool(obj.scale_decoder_outputs)
+        hf_config = dict(hf_config.to_dict())
+    # transformers >= 5 writes tie_word_embeddings=True for every T5 and records
+    # T5 1.1's untied, unscaled output layer as scale_decoder_outputs=False.
+    tied = hf_config.get("scale_decoder_outputs", hf_config.get("tie_word_embeddings", True))
     proj = hf_config.get("feed_forward_proj", "relu")
     if proj not in _HF_ACTIVATIONS:
         raise ValueError(
@@ -94,7 +92,7 @@ def config_from_hf(hf_config: Mapping[str, Any] | Any | str | os.PathLike, **ove
         num_encoder_layers=num_layers,
         num_decoder_layers=hf_config.get("num_decoder_layers") or num_layers,
         mlp_activations=_HF_ACTIVATIONS[proj],
-        logits_via_embedding=bool(hf_config.get("tie_word_embeddings", True)),
+        logits_via_embedding=bool(tied),
         dropout_rate=float(hf_config.get("dropout_rate", 0.1)),
         relative_attention_num_buckets=hf_config.get("relative_attention_num_buckets", 32),
         relative_attention_max_distance=hf_config.get("relative_attention_max_distance", 128),
