@@ -75,7 +75,7 @@ def run(setup, model_dir, num_steps, poison_at=None, **kwargs):
 def test_resumed_run_ends_identical_to_uninterrupted(setup, tmp_path):
     full = run(setup, str(tmp_path / "full"), 6)
     first = run(setup, str(tmp_path / "resumed"), 4)  # checkpoints at 3 and 4
-    assert Checkpointer(tmp_path / "resumed").all_steps() == [3, 4]
+    assert Checkpointer(tmp_path / "resumed" / "checkpoints").all_steps() == [3, 4]
     second = run(setup, str(tmp_path / "resumed"), 6)
     assert [r["step"] for r in first.train] == [1, 2, 3, 4]
     assert [r["step"] for r in second.train] == [5, 6]  # continued from the saved step
@@ -93,7 +93,7 @@ def test_resumed_run_ends_identical_to_uninterrupted(setup, tmp_path):
     assert records[-1]["loss"] == pytest.approx(full.train[-1]["loss"])
     scalars = read_tensorboard_scalars(str(tmp_path / "full"), "train")
     assert scalars["loss"] == {r["step"]: pytest.approx(r["loss"]) for r in full.train}
-    meta = Checkpointer(tmp_path / "full").restore_meta()
+    meta = Checkpointer(tmp_path / "full" / "checkpoints").restore_meta()
     assert meta["data_position"] == 6 and meta["task_names"] == list(TASKS)
 
 
@@ -101,7 +101,7 @@ def test_nan_loss_stops_with_the_step_named(setup, tmp_path):
     with pytest.raises(NonFiniteError, match="at step 5") as info:
         run(setup, str(tmp_path), 6, poison_at=4)  # batch 4 is step 5's
     assert info.value.step == 5
-    ckpt = Checkpointer(tmp_path)
+    ckpt = Checkpointer(tmp_path / "checkpoints")
     assert ckpt.latest_step() == 3  # the last good checkpoint stays the latest
     assert np.isfinite(ckpt.restore_params()["shared"]).all()
 

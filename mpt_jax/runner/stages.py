@@ -51,7 +51,7 @@ from mpt_jax.model import PromptedT5
 from mpt_jax.prompts import initializers as inits
 from mpt_jax.prompts import source_init
 from mpt_jax.prompts.generators import MultitaskPrompt, SinglePrompt, TaskPrompts
-from mpt_jax.training.checkpoints import Checkpointer
+from mpt_jax.training.checkpoints import Checkpointer, checkpoint_dir
 from mpt_jax.training.objectives import LossFn, distillation_loss_fn, task_loss_fn
 from mpt_jax.training.optimizers import per_task
 
@@ -150,8 +150,9 @@ def _task_objective(model: PromptedT5):
 
 
 def load_source(source_dir: str) -> tuple[PyTree, TaskIndex, dict]:
-    """``(prompt_params, task_index, meta)`` of the latest checkpoint in ``source_dir``."""
-    ckpt = Checkpointer(source_dir)
+    """``(prompt_params, task_index, meta)`` of the latest checkpoint of a run directory
+    (or of a checkpoint folder)."""
+    ckpt = Checkpointer(checkpoint_dir(source_dir))
     try:
         meta = ckpt.restore_meta()
         params = ckpt.restore_params()

@@ -37,12 +37,22 @@ import orbax.checkpoint as ocp
 from mpt_jax.training.state import TrainState
 
 FORMAT_VERSION = 1
+#: The checkpoints of a run live in ``<model_dir>/checkpoints``.
+CHECKPOINT_SUBDIR = "checkpoints"
 PyTree = Any
 log = logging.getLogger(__name__)
 
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, or that does not fit the run loading it."""
+
+
+def checkpoint_dir(path: str | os.PathLike) -> str:
+    """The checkpoint folder of ``path``: ``<path>/checkpoints`` when ``path`` is a run
+    directory that has one, else ``path`` itself."""
+    path = os.fspath(path)
+    sub = os.path.join(path, CHECKPOINT_SUBDIR)
+    return sub if os.path.isdir(sub) else path
 
 
 def tree_is_finite(tree: PyTree) -> bool:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -37,7 +38,7 @@ import numpy as np
 import optax
 
 from mpt_jax.training import mesh as mesh_lib
-from mpt_jax.training.checkpoints import Checkpointer
+from mpt_jax.training.checkpoints import CHECKPOINT_SUBDIR, Checkpointer
 from mpt_jax.training.objectives import LossFn
 from mpt_jax.training.state import TrainState
 from mpt_jax.training.step import make_train_step
@@ -129,7 +130,8 @@ def train_loop(
       batches: ``batches(start)`` yields host batches from position ``start``.
       task_names: the task-id mapping in id order; stored with every checkpoint and
         checked on resume.
-      model_dir: where checkpoints and metrics go (None: nothing is written, no resume).
+      model_dir: the run directory: checkpoints go to ``<model_dir>/checkpoints``, metrics
+        to ``metrics.jsonl`` and ``tensorboard/`` (None: nothing is written, no resume).
       backbone: how the backbone was obtained (a path, ``"random:<seed>"``); recorded.
       num_steps: the step to stop at.
       seed: the dropout seed.
@@ -156,7 +158,11 @@ def train_loop(
     task_names = list(task_names)
     mesh = mesh_lib.data_mesh()
     state = TrainState.create(jax.tree.map(np.asarray, prompt_params), tx)
-    ckpt = Checkpointer(model_dir, max_to_keep=keep_checkpoints) if model_dir else None
+    ckpt = None
+    if model_dir:
+        ckpt = Checkpointer(
+            os.path.join(model_dir, CHECKPOINT_SUBDIR), max_to_keep=keep_checkpoints
+        )
     position = 0
     if ckpt is not None and resume and ckpt.latest_step() is not None:
         _task_names_check(ckpt.restore_meta()["task_names"], task_names, ckpt.directory)

@@ -1,0 +1,270 @@
+"""The ``mpt-jax`` jobs: thin gin-configured functions over the library.
+
+- :func:`train` — one stage (``train.stage = @stages.teacher`` / ``source`` / ``target`` /
+  ``prompt_tuning`` / ``spot`` / ``generator``) on a seqio task or mixture, with the frozen
+  backbone of :func:`~mpt_jax.runner.backbone_loading.load_backbone`, the optimizer of
+  :func:`~mpt_jax.training.optimizers.make_optimizer` and the loop of
+  :func:`~mpt_jax.training.loop.train_loop` (``train_loop.num_steps`` etc.).
+- :func:`evaluate` — the seqio metrics of a run's checkpoint on a task or mixture.
+- :func:`infer` — greedy predictions of a run's checkpoint, as JSON lines.
+- :func:`export_prompts` — a run's prompt as ``.npy`` files or a Hugging Face PEFT
+  adapter.
+
+A run directory holds ``checkpoints/`` (orbax), ``task_index.json`` (the task-id
+mapping), ``config.gin`` (the operative gin configuration), ``metrics.jsonl`` and
+``tensorboard/``. ``eval``/``infer`` read the mapping from the checkpoint and rebuild the
+prompt generator from the same gin files the run was trained with.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import gin
+import numpy as np
+
+from mpt_jax.data.task_ids import TaskIndex, use_task_index
+from mpt_jax.model import PromptedT5
+from mpt_jax.runner import data as data_lib
+from mpt_jax.runner.backbone_loading import load_backbone
+from mpt_jax.runner.evaluation import make_evaluate
+from mpt_jax.runner.stages import Stage, StageContext
+from mpt_jax.training.checkpoints import Checkpointer, checkpoint_dir
+from mpt_jax.training.loop import LoopResult, train_loop
+from mpt_jax.training.optimizers import make_optimizer
+from mpt_jax.training.state import merge_params
+
+PyTree = Any
+StageFn = Callable[[StageContext], Stage]
+log = logging.getLogger(__name__)
+
+
+def _index(mixture_or_task_name: str, task_names: Sequence[str] | None) -> TaskIndex:
+    import mpt_jax.tasks  # noqa: F401  (registers the project's seqio tasks)
+
+    if task_names is not None:
+        return TaskIndex(tuple(task_names))
+    return TaskIndex.from_mixture(mixture_or_task_name)
+
+
+def _saved_index(model_dir: str) -> TaskIndex:
+    ckpt = Checkpointer(checkpoint_dir(model_dir))
+    try:
+        return TaskIndex(tuple(ckpt.restore_meta()["task_names"]))
+    finally:
+        ckpt.close()
+
+
+def _restore_prompt(model_dir: str, step: int | None) -> tuple[PyTree, int]:
+    ckpt = Checkpointer(checkpoint_dir(model_dir))
+    try:
+        meta = ckpt.restore_meta(step)
+        return ckpt.restore_params(meta["step"]), int(meta["step"])
+    finally:
+        ckpt.close()
+
+
+def _setup(stage: StageFn, index: TaskIndex, seed: int):
+    config, backbone, reference = load_backbone()
+    ctx = StageContext(task_names=index.names, config=config, backbone=backbone, seed=seed)
+    st = stage(ctx)
+    return config, backbone, reference, st, PromptedT5(config, st.prompt)
+
+
+@gin.configurable
+def train(
+    model_dir: str = gin.REQUIRED,
+    mixture_or_task_name: str = gin.REQUIRED,
+    task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
+    stage: StageFn = gin.REQUIRED,
+    *,
+    batch_size: int = 32,
+    task_names: Sequence[str] | None = None,
+    seed: int = 0,
+    data_seed: int = 0,
+    eval_mixture_or_task_name: str | None = None,
+) -> LoopResult:
+    """Train one stage's prompt.
+
+    Args:
+      model_dir: the run directory (resumed when it holds checkpoints).
+      mixture_or_task_name: the seqio training task or mixture.
+      task_feature_lengths: ``{"inputs": S, "targets": T}``.
+      stage: a stage function of :mod:`mpt_jax.runner.stages` (``@stages.source``).
+      batch_size: examples per step (a multiple of the local device count).
+      task_names: the task-id mapping (default: the mixture's task order).
+      seed: seed of prompt initialisation and dropout.
+      data_seed: seed of the data order.
+      eval_mixture_or_task_name: evaluated with seqio metrics every
+        ``train_loop.eval_every`` steps and at the end (``make_evaluate.*`` bindings).
+    """
+    index = _index(mixture_or_task_name, task_names)
+    config, backbone, reference, st, model = _setup(stage, index, seed)
+    loss_fn, extra_frozen = st.objective(model)
+    tx = st.wrap_optimizer(make_optimizer())
+    os.makedirs(model_dir, exist_ok=True)
+    index_path = os.path.join(model_dir, "task_index.json")
+    if os.path.exists(index_path):
+        from mpt_jax.data.task_ids import check_compatible
+
+        check_compatible(TaskIndex.load(index_path), index, context=f"run {model_dir}")
+    else:
+        index.save(index_path)
+    evaluate = None
+    if eval_mixture_or_task_name is not None:
+        evaluate = make_evaluate(
+            model, backbone, eval_mixture_or_task_name, task_feature_lengths, index
+        )
+    batches = data_lib.train_batches(
+        mixture_or_task_name, task_feature_lengths, batch_size, index, seed=data_seed
+    )
+    with open(os.path.join(model_dir, "config.gin"), "w") as f:
+        f.write(gin.config_str())
+    result = train_loop(
+        loss_fn,
+        tx,
+        st.init_params(),
+        {"backbone": backbone, **extra_frozen},
+        batches,
+        task_names=index.names,
+        model_dir=model_dir,
+        backbone=reference,
+        seed=seed,
+        evaluate=evaluate,
+        extra_meta={**st.meta, "mixture_or_task_name": mixture_or_task_name},
+    )
+    with open(os.path.join(model_dir, "operative_config.gin"), "w") as f:
+        f.write(gin.operative_config_str())
+    return result
+
+
+@gin.configurable
+def evaluate(
+    model_dir: str = gin.REQUIRED,
+    mixture_or_task_name: str = gin.REQUIRED,
+    task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
+    stage: StageFn = gin.REQUIRED,
+    *,
+    step: int | None = None,
+    output_file: str | None = None,
+) -> dict[str, float]:
+    """The seqio metrics of ``model_dir``'s checkpoint (latest, or ``step``).
+
+    The metrics are returned, printed as JSON, and appended to ``output_file`` (default
+    ``<model_dir>/eval_results.jsonl``) as ``{"step", "mixture_or_task_name", metrics}``.
+    """
+    index = _saved_index(model_dir)
+    _, backbone, _, _, model = _setup(stage, index, 0)
+    params, step = _restore_prompt(model_dir, step)
+    metrics = make_evaluate(model, backbone, mixture_or_task_name, task_feature_lengths, index)(
+        params, step
+    )
+    output_file = output_file or os.path.join(model_dir, "eval_results.jsonl")
+    record = {"step": step, "mixture_or_task_name": mixture_or_task_name, **metrics}
+    with open(output_file, "a") as f:
+        f.write(json.dumps(record) + "\n")
+    print(json.dumps(record, indent=1))
+    return metrics
+
+
+@gin.configurable
+def infer(
+    model_dir: str = gin.REQUIRED,
+    mixture_or_task_name: str = gin.REQUIRED,
+    task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
+    stage: StageFn = gin.REQUIRED,
+    *,
+    split: str = "test",
+    step: int | None = None,
+    output_file: str | None = None,
+    batch_size: int = 32,
+    num_examples: int | None = None,
+) -> list[dict[str, Any]]:
+    """Greedy predictions for every example of ``split``, written as JSON lines
+    ``{"task", "inputs", "prediction", "targets"}`` to ``output_file`` (default
+    ``<model_dir>/predictions_<split>.jsonl``)."""
+    import seqio
+
+    from mpt_jax import decoding
+    from mpt_jax.data.feature_converter import PromptEncDecFeatureConverter
+    from mpt_jax.runner.evaluation import padded_batches
+
+    index = _saved_index(model_dir)
+    _, backbone, _, _, model = _setup(stage, index, 0)
+    prompt, step = _restore_prompt(model_dir, step)
+    params = merge_params(prompt, backbone)
+    provider = seqio.get_mixture_or_task(mixture_or_task_name)
+    tasks = provider.tasks if isinstance(provider, seqio.Mixture) else [provider]
+    converter = PromptEncDecFeatureConverter(passthrough_features={})
+    records: list[dict[str, Any]] = []
+    for task in tasks:
+        vocab_in = task.output_features["inputs"].vocabulary
+        vocab_out = task.output_features["targets"].vocabulary
+        with use_task_index(index):
+            ds = task.get_dataset(task_feature_lengths, split=split, shuffle=False,
+                                  num_epochs=1)  # fmt: skip
+            if num_examples is not None:
+                ds = ds.take(num_examples)
+            model_ds = converter(ds, task_feature_lengths).enumerate()
+        for _, batch, n in padded_batches(model_ds, batch_size):
+            tokens, _ = decoding.greedy_decode(
+                model, params, batch["encoder_input_tokens"], batch["task_ids"],
+                max_decode_length=int(task_feature_lengths["targets"]),
+            )  # fmt: skip
+            tokens = np.asarray(tokens)
+            for j in range(n):
+                records.append({
+                    "task": task.name,
+                    "inputs": vocab_in.decode(batch["encoder_input_tokens"][j].tolist()),
+                    "prediction": vocab_out.decode(tokens[j].tolist()),
+                    "targets": vocab_out.decode(batch["decoder_target_tokens"][j].tolist()),
+                })  # fmt: skip
+    output_file = output_file or os.path.join(model_dir, f"predictions_{split}.jsonl")
+    with open(output_file, "w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+    log.info("wrote %d predictions of step %d to %s", len(records), step, output_file)
+    return records
+
+
+EXPORT_FORMATS = ("npy", "peft")
+
+
+@gin.configurable
+def export_prompts(
+    model_dir: str = gin.REQUIRED,
+    output_dir: str = gin.REQUIRED,
+    *,
+    format: str = "npy",
+    step: int | None = None,
+    overwrite: bool = False,
+    base_model_name_or_path: str | None = None,
+) -> list[str]:
+    """Write the prompt of ``model_dir``'s checkpoint to ``output_dir``.
+
+    ``format="npy"``: one ``.npy`` per parameter (:func:`mpt_jax.prompts.io.save_npy`);
+    ``"peft"``: a Hugging Face PEFT multitask-prompt-tuning adapter (MPT prompts only).
+    The task-id mapping is copied next to it as ``task_index.json``. Returns the files.
+    """
+    from mpt_jax.prompts import io as prompt_io
+
+    if format not in EXPORT_FORMATS:
+        raise ValueError(f"export_prompts.format must be one of {EXPORT_FORMATS}, got {format!r}")
+    params, step = _restore_prompt(model_dir, step)
+    index = _saved_index(model_dir)
+    if format == "npy":
+        written = prompt_io.save_npy(params, output_dir, overwrite=overwrite)
+    else:
+        prompt_io.export_peft(params, output_dir, base_model_name_or_path=base_model_name_or_path)
+        written = [os.path.join(output_dir, prompt_io.PEFT_WEIGHTS),
+                   os.path.join(output_dir, prompt_io.PEFT_CONFIG)]  # fmt: skip
+    index_path = os.path.join(output_dir, "task_index.json")
+    if os.path.exists(index_path):
+        os.remove(index_path)
+    index.save(index_path)
+    print(f"exported the prompt of step {step} ({format}) to {output_dir}")
+    return sorted([*written, index_path])
