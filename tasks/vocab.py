@@ -9,6 +9,8 @@ vocabulary from :func:`output_vocabulary` the first time it is used::
     output_vocabulary.kind = 't5'                      # or 'byte' (tests, embedded demo)
     t5_vocabulary.sentencepiece_model_path = '/data/t5/spiece.model'
     t5_vocabulary.extra_ids = 100
+    # or, in a T5X run, the model's own vocabulary object:
+    output_vocabulary.vocabulary = %VOCABULARY
 
 Once resolved, the vocabulary stays fixed for the process; call
 ``TASK_VOCABULARY.reset()`` after changing the bindings in the same process.
@@ -40,12 +42,24 @@ def byte_vocabulary() -> seqio.ByteVocabulary:
 
 
 @gin.configurable
-def output_vocabulary(kind: str = "t5") -> seqio.Vocabulary:
+def output_vocabulary(
+    kind: str = "t5", vocabulary: seqio.Vocabulary | None = None
+) -> seqio.Vocabulary:
     """The vocabulary of the ``inputs`` and ``targets`` features of every mpt task.
 
     Args:
       kind: ``"t5"`` (:func:`t5_vocabulary`) or ``"byte"`` (:func:`byte_vocabulary`).
+      vocabulary: a vocabulary object that overrides ``kind``; in a T5X gin file bind the
+        model's own (``output_vocabulary.vocabulary = %VOCABULARY``) so T5X's check that
+        task and model vocabularies match holds by construction.
     """
+    if vocabulary is not None:
+        if not isinstance(vocabulary, seqio.Vocabulary):
+            raise TypeError(
+                f"output_vocabulary.vocabulary must be a seqio.Vocabulary; got "
+                f"{type(vocabulary).__name__}."
+            )
+        return vocabulary
     if kind == "t5":
         return t5_vocabulary()
     if kind == "byte":

@@ -262,7 +262,14 @@ def test_vocabulary_follows_gin():
         assert isinstance(resolved, seqio.SentencePieceVocabulary)
         assert resolved.sentencepiece_model_file == "/models/spiece.model"
         assert resolved.extra_ids == 100
+        # T5X compares task and model vocabularies with the task's on the left.
+        model_vocabulary = seqio.SentencePieceVocabulary("/models/spiece.model", extra_ids=100)
+        assert not TASK_VOCABULARY != model_vocabulary
         TASK_VOCABULARY.reset()
+        gin.bind_parameter("output_vocabulary.vocabulary", seqio.ByteVocabulary())
+        assert TASK_VOCABULARY == seqio.ByteVocabulary()
+        TASK_VOCABULARY.reset()
+        gin.bind_parameter("output_vocabulary.vocabulary", None)
         gin.bind_parameter("output_vocabulary.kind", "bpe")
         with pytest.raises(ValueError, match=r"one of \('t5', 'byte'\); got 'bpe'"):
             _ = TASK_VOCABULARY.resolved
