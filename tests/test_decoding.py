@@ -103,6 +103,35 @@ def test_cached_step_logits_equal_full_forward(model_and_params):
     np.testing.assert_allclose(cross["cached_cross_key"], expected, atol=1e-5)
 
 
+def test_t5x_style_cache_creation_matches_init_cache(model_and_params):
+    """T5X creates the cache by calling the module with decode=True on full-length inputs."""
+    model, params = model_and_params
+    ones = np.ones((3, MAX_LEN), np.int32)
+    _, variables = jax.jit(
+        lambda p: model.apply(
+            {"params": p},
+            ENC,
+            ones,
+            ones,
+            TASKS,
+            enable_dropout=False,
+            decode=True,
+            mutable=["cache"],
+        )  # fmt: skip
+    )(params)
+    t5x_cache = variables["cache"]
+    encoded = model.apply({"params": params}, ENC, TASKS, enable_dropout=False,
+                          method=PromptedT5.encode)  # fmt: skip
+    ours = init_cache(model, params, encoded, ENC, MAX_LEN)
+    shapes = lambda tree: jax.tree_util.tree_map(lambda x: (x.shape, x.dtype), tree)
+    assert shapes(t5x_cache) == shapes(ours)
+    for layer in ("layers_0", "layers_1"):
+        attn = t5x_cache["decoder"][layer]
+        assert int(attn["self_attention"]["cache_index"]) == 0
+        # Filled from the real encoder output at the first step, not from this call.
+        assert not bool(attn["encoder_decoder_attention"]["cross_cache_filled"])
+
+
 def test_beam_one_equals_greedy(model_and_params):
     model, params = model_and_params
     g_tokens, g_total = greedy_decode(model, params, ENC, TASKS, max_decode_length=MAX_LEN)
