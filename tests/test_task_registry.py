@@ -7,6 +7,7 @@ import gin
 import numpy as np
 import pytest
 import seqio
+import tensorflow as tf
 
 import mpt_jax.tasks
 from mpt_jax.data.feature_converter import PromptEncDecFeatureConverter
@@ -314,3 +315,33 @@ def test_seqio_evaluator_scores_a_task(file_bound):
     results, _ = evaluator.evaluate(compute_metrics=True, predict_fn=predict_fn, score_fn=score_fn)
     assert results.result() == {"mpt_glue_rte": {"accuracy": 50.0}}
     assert seen_ids == [0, 0]
+
+
+def _record_like(signature):
+    """One hand-made record matching a source's output signature (label 0)."""
+    if isinstance(signature, dict):
+        return {k: _record_like(v) for k, v in signature.items()}
+    if signature.dtype == tf.string:
+        return ["some text"] if signature.shape.rank == 1 else "some text"
+    return np.zeros((), signature.dtype.as_numpy_dtype)
+
+
+def test_every_formatter_accepts_its_source_records_and_targets_round_trip():
+    checked = []
+    for name in sorted(set(TARGETS + SOURCES)):
+        task = seqio.get_mixture_or_task(name)
+        record = _record_like(task.source._output_signature)
+        ds = tf.data.Dataset.from_tensors(record)
+        (example,) = task.preprocessors[0](ds).as_numpy_iterator()
+        assert b"some text" in example["inputs"], name
+        target = task.postprocess_fn(example["targets"], example=example, is_target=True)
+        if "answers" in example:  # QA: every gold answer
+            assert target == ["some text"], name
+        elif name == "mpt_glue_stsb":
+            assert target == 0.0
+        elif name == "mpt_superglue_multirc":
+            assert target == {"group": "p0-q0", "value": 0}
+        else:  # classification: label 0 comes back as class 0
+            assert target == 0, name
+        checked.append(name)
+    assert len(checked) == 23  # 21 targets + SQuAD + ReCoRD (the other sources are GLUE)
