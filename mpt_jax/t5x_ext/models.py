@@ -43,6 +43,7 @@ import flax.linen as nn
 import gin
 import jax
 import jax.numpy as jnp
+from flax import traverse_util
 from flax.linen import partitioning as flax_partitioning
 from t5x import metrics as metrics_lib
 from t5x import models as t5x_models
@@ -145,6 +146,33 @@ def params_axes_from_boxes(variables: Mapping[str, Any]) -> dict[str, Any]:
     return variables
 
 
+def _is_flag(path: tuple[str, ...], leaf: Any, ndim: int) -> bool:
+    return getattr(leaf, "dtype", None) == jnp.bool_ and leaf.ndim == ndim
+
+
+def batch_cache_flags(cache: PyTree, batch_size: int) -> PyTree:
+    """Gives boolean scalar cache flags a ``[batch]`` axis (T5X's beam search needs one).
+
+    T5X's decoders expand and gather every cache leaf along a leading batch axis, except
+    ``cache_index`` and a few named ones. A module may keep a boolean scalar flag in its
+    cache (mpt_jax's backbone marks whether the encoder keys/values are cached); such a
+    flag is the same for every example, so it travels as ``[batch]`` copies through T5X's
+    decoding and is read back with :func:`unbatch_cache_flags`.
+    """
+    flat = traverse_util.flatten_dict(flax.core.unfreeze(cache))
+    flat = {
+        k: jnp.broadcast_to(v, (batch_size,)) if _is_flag(k, v, 0) else v for k, v in flat.items()
+    }
+    return traverse_util.unflatten_dict(flat)
+
+
+def unbatch_cache_flags(cache: PyTree) -> PyTree:
+    """Inverse of :func:`batch_cache_flags`: ``[batch]`` boolean flags back to scalars."""
+    flat = traverse_util.flatten_dict(flax.core.unfreeze(cache))
+    flat = {k: v[0] if _is_flag(k, v, 1) else v for k, v in flat.items()}
+    return traverse_util.unflatten_dict(flat)
+
+
 @gin.configurable(module="mpt_jax.t5x_ext.models")
 class PromptedEncoderDecoderModel(t5x_models.EncoderDecoderModel):
     """``EncoderDecoderModel`` whose module takes the batch's ``task_ids [batch]``.
@@ -200,6 +228,39 @@ class PromptedEncoderDecoderModel(t5x_models.EncoderDecoderModel):
         """T5X's forward pass (loss, eval, ``score_batch``) with ``task_ids`` routed."""
         view = super(PromptedEncoderDecoderModel, self._view(batch))
         return view._compute_logits(params, batch, dropout_rng, mutable, other_variables)
+
+    def _compute_kv_cache(
+        self,
+        params: PyTree,
+        encoded_inputs: Array,
+        encoder_input_tokens: Array,
+        decoder_input_tokens: Array,
+        prefill_decoder_prompt: bool = False,
+    ) -> tuple[PyTree, Array | None]:
+        """T5X's cache initialisation, with scalar cache flags given a batch axis."""
+        cache, initial_index = super()._compute_kv_cache(
+            params,
+            encoded_inputs,
+            encoder_input_tokens,
+            decoder_input_tokens,
+            prefill_decoder_prompt,
+        )
+        return batch_cache_flags(cache, encoder_input_tokens.shape[0]), initial_index
+
+    def _compute_logits_from_slice(
+        self,
+        decoding_state: Any,
+        params: PyTree,
+        encoded_inputs: Array,
+        raw_inputs: Array,
+        max_decode_length: int,
+    ) -> tuple[Array, PyTree]:
+        """T5X's one-step decoder call; the module sees its cache flags as scalars."""
+        state = decoding_state.replace(cache=unbatch_cache_flags(decoding_state.cache))
+        logits, cache = super()._compute_logits_from_slice(
+            state, params, encoded_inputs, raw_inputs, max_decode_length
+        )
+        return logits, batch_cache_flags(cache, raw_inputs.shape[0])
 
     def predict_batch_with_aux(
         self,
