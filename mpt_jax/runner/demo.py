@@ -223,8 +223,9 @@ def _encode(examples: list[dict[str, str]], task_ids: int | np.ndarray) -> dict[
 def _source_batch(pools: list[dict[str, np.ndarray]], per_task: int, seed: int, step: int):
     """``per_task`` examples of every source task (ids 0…T-1), drawn for ``step``."""
     rng = np.random.default_rng((seed, step))
-    parts = [{k: v[rng.integers(0, len(v), per_task)] for k, v in p.items()} for p in pools]
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    index = [rng.integers(0, len(p["task_ids"]), per_task) for p in pools]
+    return {k: np.concatenate([p[k][i] for p, i in zip(pools, index, strict=True)])
+            for k in pools[0]}  # fmt: skip
 
 
 def _with_runs(batch: dict[str, np.ndarray], runs: int) -> dict[str, np.ndarray]:
@@ -397,8 +398,9 @@ def main(
     keys = iter(jax.random.split(jax.random.PRNGKey(seed), 16))
     backbone_size = sum(int(np.size(x)) for x in jax.tree.leaves(backbone_params))
     log(
-        f"[demo] frozen backbone {config.name}: {backbone_size:,} parameters; {num_sources} source and {len(targets)} held-out target tasks; prompt "
-        f"length {prompt_length}, rank {rank}{'; quick mode' if quick else ''}"
+        f"[demo] frozen backbone {config.name}: {backbone_size:,} parameters; {num_sources} "
+        f"source and {len(targets)} held-out target tasks; prompt length {prompt_length}, "
+        f"rank {rank}{'; quick mode' if quick else ''}"
     )
 
     def fresh(generator: nn.Module, rng: jax.Array) -> PyTree:
