@@ -345,3 +345,33 @@ def test_every_formatter_accepts_its_source_records_and_targets_round_trip():
             assert target == 0, name
         checked.append(name)
     assert len(checked) == 23  # 21 targets + SQuAD + ReCoRD (the other sources are GLUE)
+
+
+def _tfds_mismatches(signature, features, path=""):
+    """Fields of our record signature that the TFDS features lack or type differently."""
+    wrong = []
+    for key, spec in signature.items():
+        if key not in features:
+            wrong.append(f"{path}{key}: missing")
+        elif isinstance(spec, dict):
+            wrong += _tfds_mismatches(spec, features[key], f"{path}{key}.")
+        elif tf.as_dtype(features[key].tf_dtype) != spec.dtype:
+            wrong.append(f"{path}{key}: {features[key].tf_dtype} vs {spec.dtype}")
+    return wrong
+
+
+def test_record_schemas_match_the_tfds_features(tmp_path):
+    """jsonl records and TFDS records feed the same formatter, so their fields must agree."""
+    import tensorflow_datasets as tfds
+
+    for name in sorted(set(TARGETS + SOURCES)):
+        src = seqio.get_mixture_or_task(name).source
+        if src.tfds_name is None:
+            continue
+        features = tfds.builder(src.tfds_name, data_dir=str(tmp_path)).info.features
+        signature = dict(src._output_signature)
+        if name == "mpt_squad":  # TFDS nests answers under "text"; the formatter takes both
+            assert features["answers"]["text"].tf_dtype == tf.string
+            del signature["answers"]
+        assert _tfds_mismatches(signature, features) == [], name
+    assert list(tmp_path.iterdir()) == []  # reading builder metadata prepared nothing
