@@ -99,6 +99,8 @@ def test_every_benchmark_task_and_variant_is_registered_once():
     ],
 )
 def test_tfds_sources_and_split_protocols(task, tfds_name, tfds_validation, heldout):
+    import tensorflow_datasets as tfds
+
     src = seqio.get_mixture_or_task(task).source
     assert src.tfds_name == tfds_name
     if tfds_name is None:
@@ -111,6 +113,8 @@ def test_tfds_sources_and_split_protocols(task, tfds_name, tfds_validation, held
         finally:
             gin.clear_config()
         assert (mapping["train"], mapping["validation"], mapping["test"]) == heldout
+        for spec in heldout:  # valid TFDS split-slicing syntax
+            tfds.core.ReadInstruction.from_spec(spec)
 
 
 def test_metrics_are_wired_as_the_paper_reports():
