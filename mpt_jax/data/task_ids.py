@@ -13,7 +13,7 @@ int32 vector of length one per example (``[1]``): tasks declare it as an output 
 that seqio mixtures keep it and seqio's evaluator can measure it (both assume rank-1
 features); the feature converter turns it into the scalar per example (``[B]`` per batch)
 that the model takes. Tasks are registered once but used by runs with different
-mappings (MNLI is id 0 in the source mixture and may be id 3 in a GLUE target run), so
+mappings (MNLI is id 0 in the source mixture and id 1 in the GLUE mixture), so
 the preprocessor looks the id up in the *active* index when the dataset is built:
 
 - in gin: ``active_task_index.task_names = ['mpt_glue_mnli', 'mpt_glue_qnli', ...]``
