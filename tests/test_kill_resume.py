@@ -1,0 +1,133 @@
+"""A training run SIGKILLed mid-step and mid-checkpoint-write resumes from its last
+complete checkpoint and ends with exactly the prompt of an uninterrupted run.
+
+Three subprocesses of ``tests/_kill_worker.py`` share one run directory:
+
+1. a fresh run is killed while step 5 is in flight (checkpoints: 3);
+2. the restart resumes at step 3, redoes 4, 5, … and is killed while orbax writes step
+   9's checkpoint (its items are written, the rename into place has not happened);
+3. the second restart resumes at step 6 (9 was never complete) and runs to step 12.
+
+The uninterrupted reference run (same seeds) runs in this process while the first worker
+starts. Prompt and optimizer state must be bitwise equal.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import _kill_worker as worker
+import numpy as np
+import pytest
+
+from mpt_jax.training.checkpoints import CHECKPOINT_SUBDIR, Checkpointer
+
+NUM_STEPS, EVERY = 12, 3
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKER = os.path.join(ROOT, "tests", "_kill_worker.py")
+TIMEOUT_S = 300  # a loaded 2-core machine; a healthy worker needs well under a minute
+
+
+def _start(model_dir, events, *extra):
+    cmd = [sys.executable, WORKER, model_dir, "--num-steps", str(NUM_STEPS),
+           "--checkpoint-every", str(EVERY), "--events", events, *extra]  # fmt: skip
+    log = open(events + ".log", "a")
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT), log
+
+
+def _kill_when_signalled(proc, signal_file, log):
+    """Waits for the worker to announce that it is parked, then SIGKILLs it."""
+    deadline = time.monotonic() + TIMEOUT_S
+    while not os.path.exists(signal_file):
+        if proc.poll() is not None:
+            log.close()
+            raise AssertionError(f"worker exited ({proc.returncode}) before the kill point:\n"
+                                 + open(log.name).read()[-3000:])  # fmt: skip
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("worker did not reach the kill point in time")
+        time.sleep(0.05)
+    what = open(signal_file).read()
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    log.close()
+    os.remove(signal_file)
+    return what
+
+
+def _events(path):
+    with open(path) as f:
+        lines = [line.split() for line in f.read().splitlines()]
+    os.remove(path)
+    return ([int(n) for kind, n in lines if kind == "step"],
+            [int(n) for kind, n in lines if kind == "saved"])  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("kill")
+    model_dir, events, sig = str(tmp / "run"), str(tmp / "events"), str(tmp / "signal")
+    ckpt_dir = os.path.join(model_dir, CHECKPOINT_SUBDIR)
+    record = {}
+
+    # 1. killed mid-step 5; the reference run is computed meanwhile.
+    proc, log = _start(model_dir, events, "--block-after-step", "5", "--signal", sig)
+    record["reference"] = worker.run(None, num_steps=NUM_STEPS, checkpoint_every=EVERY)
+    record["kill_1"] = _kill_when_signalled(proc, sig, log)
+    record["events_1"] = _events(events)
+    record["after_1"] = (Checkpointer(ckpt_dir).all_steps(), sorted(os.listdir(ckpt_dir)))
+
+    # 2. restarted, killed inside the write of checkpoint 9.
+    proc, log = _start(model_dir, events, "--block-in-checkpoint", "9", "--signal", sig)
+    record["kill_2"] = _kill_when_signalled(proc, sig, log)
+    record["events_2"] = _events(events)
+    record["after_2"] = (Checkpointer(ckpt_dir).all_steps(), sorted(os.listdir(ckpt_dir)))
+
+    # 3. restarted, runs to the end.
+    out = str(tmp / "final.npz")
+    proc, log = _start(model_dir, events, "--out", out)
+    assert proc.wait(timeout=TIMEOUT_S) == 0, open(log.name).read()[-3000:]
+    log.close()
+    record["events_3"] = _events(events)
+    record["final"] = dict(np.load(out))
+    record["ckpt_dir"] = ckpt_dir
+    return record
+
+
+def test_kill_mid_step_loses_only_the_steps_since_the_checkpoint(runs):
+    assert runs["kill_1"] == "in step 5"
+    assert runs["events_1"] == ([1, 2, 3, 4, 5], [3])
+    steps, listing = runs["after_1"]
+    assert steps == [3]
+    assert [n for n in listing if n[0].isdigit()] == ["3"]
+
+
+def test_kill_mid_checkpoint_write_leaves_the_previous_checkpoint_latest(runs):
+    assert runs["kill_2"] == "writing checkpoint 9"
+    # The restart resumed after checkpoint 3: its first step is 4.
+    assert runs["events_2"] == ([4, 5, 6, 7, 8, 9], [6])
+    steps, listing = runs["after_2"]
+    assert steps == [3, 6]
+    partial = [n for n in listing if n.startswith("9")]
+    assert partial and all("tmp" in n for n in partial), listing  # written, never renamed
+
+
+def test_restart_resumes_from_the_last_complete_checkpoint_and_matches(runs):
+    assert runs["events_3"] == ([7, 8, 9, 10, 11, 12], [9, 12])
+    ckpt = Checkpointer(runs["ckpt_dir"])
+    assert ckpt.all_steps() == [3, 6, 9, 12]
+    assert ckpt.restore_meta()["data_position"] == NUM_STEPS
+    ckpt.close()
+    reference = runs["reference"]
+    assert int(reference.state.step) == NUM_STEPS
+    want = worker.flat({"params": reference.state.params,
+                        "opt_state": reference.state.opt_state})  # fmt: skip
+    got = runs["final"]
+    assert sorted(got) == sorted(want)
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    # The prompt did train (so equality is not two untouched initialisations).
+    init = worker.initial_prompt(0)["shared"]
+    assert np.abs(want["['params']['shared']"] - init).max() > 1e-3
