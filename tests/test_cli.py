@@ -166,3 +166,8 @@ def test_unknown_binding_is_an_error_that_names_it(capsys):
     assert "no_such_setting" in capsys.readouterr().err
     assert _run("train", "runner/does_not_exist.gin") == 2
     assert "does_not_exist.gin" in capsys.readouterr().err
+
+
+def test_demo_job_is_wired(capsys):
+    assert cli.main(["demo", "--gin.mpt_jax.runner.demo.main.no_such_option=1"]) == 2
+    assert "no_such_option" in capsys.readouterr().err

@@ -231,3 +231,31 @@ def test_data_parallel_over_two_devices_matches_one_device():
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "OK" in result.stdout
+
+
+def test_every_prompt_parameter_of_the_prompted_t5_trains():
+    """On the real (tiny) prompted T5: the shared prompt and every task factor move (the
+    shared prompt is the one prompt-tuning's multitask regex silently left untrained)."""
+    from mpt_jax.backbone import get_config
+    from mpt_jax.model import PromptedT5
+
+    config = get_config("tiny")
+    model = PromptedT5(config, MultitaskPrompt(num_tasks=TASKS, length=LENGTH, embed_dim=32))
+    batch = make_batch()
+    inputs = {k: v for k, v in batch.items() if k != "decoder_loss_weights"}
+    params = nn.unbox(model.init(jax.random.key(0), **inputs, enable_dropout=False)["params"])
+    prompt_params, backbone = split_params(params)
+    before = jax.tree.map(np.array, prompt_params)
+    tx = make_optimizer()
+    state = TrainState.create(jax.tree.map(jnp.array, prompt_params), tx)
+    state, metrics = make_train_step(task_loss_fn(model), tx)(
+        state, {"backbone": backbone}, batch, jax.random.key(0)
+    )
+    assert int(metrics["nonfinite"]) == 0
+    assert jax.tree.structure(state.params) == jax.tree.structure(before)
+    for path, new in jax.tree_util.tree_leaves_with_path(state.params):
+        old = before
+        for k in path:
+            old = old[k.key]
+        unchanged = np.asarray(new) == old
+        assert not unchanged.any(), f"{jax.tree_util.keystr(path)}: {unchanged.sum()} unchanged"
