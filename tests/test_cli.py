@@ -171,3 +171,24 @@ def test_unknown_binding_is_an_error_that_names_it(capsys):
 def test_demo_job_is_wired(capsys):
     assert cli.main(["demo", "--gin.mpt_jax.runner.demo.main.no_such_option=1"]) == 2
     assert "no_such_option" in capsys.readouterr().err
+
+
+def test_seqio_training_batches_resume_at_the_same_position():
+    """``train_batches(start)`` continues the fixed order: resuming at 3 gives batches 3, 4."""
+    from mpt_jax.runner.data import train_batches
+
+    _register()
+    index = TaskIndex(TASKS)
+    batches = train_batches("cli_mix", {"inputs": 8, "targets": 4}, 4, index, seed=3)
+    it = batches(0)
+    first = [next(it) for _ in range(5)]
+    it = batches(3)
+    resumed = [next(it) for _ in range(2)]
+    for a, b in zip(first[3:], resumed, strict=True):
+        assert set(a) == {"encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens",
+                          "decoder_loss_weights", "task_ids"}  # fmt: skip
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
+    ids = np.concatenate([b["task_ids"] for b in first])
+    assert set(ids.tolist()) == {0, 1}  # both tasks, ids from the mapping
+    assert not np.array_equal(first[0]["encoder_input_tokens"], first[1]["encoder_input_tokens"])

@@ -205,6 +205,14 @@ def test_backbone_loads_from_msgpack_and_safetensors(config, backbone, tmp_path)
         backbone_loading.load_backbone(bigger, path)
     with pytest.raises(FileNotFoundError, match="nowhere"):
         backbone_loading.load_backbone(config, str(tmp_path / "nowhere.msgpack"))
+    import orbax.checkpoint as ocp
+
+    orbax_dir = str(tmp_path / "orbax_backbone")
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(orbax_dir, backbone)
+    checkpointer.wait_until_finished()
+    _, loaded, _ = backbone_loading.load_backbone(config, orbax_dir)
+    jax.tree.map(np.testing.assert_array_equal, loaded, backbone)
     _, random_params, ref = backbone_loading.load_backbone(config, "random:0")
     assert ref == "random:0"
     jax.tree.map(np.testing.assert_array_equal, random_params, backbone)
