@@ -120,7 +120,9 @@ def configure(gin_files: Sequence[str], bindings: Sequence[str], paths: Sequence
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``mpt-jax`` entry point; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # Our progress at INFO; the libraries' (orbax, absl, seqio) only from WARNING up.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("mpt_jax").setLevel(logging.INFO)
     try:
         args, bindings = parse_args(argv)
         module_name, fn_name = JOBS[args.job]

@@ -192,3 +192,15 @@ def test_seqio_training_batches_resume_at_the_same_position():
     ids = np.concatenate([b["task_ids"] for b in first])
     assert set(ids.tolist()) == {0, 1}  # both tasks, ids from the mapping
     assert not np.array_equal(first[0]["encoder_input_tokens"], first[1]["encoder_input_tokens"])
+
+
+def test_console_script_help():
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "mpt_jax.cli", "--help"], capture_output=True,
+                            text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    for job in cli.JOBS:
+        assert job in result.stdout
+    assert "--gin_file" in result.stdout and "--gin_search_paths" in result.stdout
