@@ -88,6 +88,20 @@ def _compiled_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, mesh
     return make_train_step(loss_fn, tx, mesh=mesh)
 
 
+def _check_batch_task_ids(batch: Mapping[str, np.ndarray], num_tasks: int, step: int) -> None:
+    """Inside the jitted step an out-of-range task id would be clamped by the gather, and
+    silently train another task's prompt; so the host batch is checked before each step."""
+    if "task_ids" not in batch:
+        return
+    ids = np.asarray(batch["task_ids"])
+    bad = ids[(ids < 0) | (ids >= num_tasks)]
+    if bad.size:
+        raise ValueError(
+            f"the batch of step {step} holds task id {int(bad[0])}, out of range "
+            f"[0, {num_tasks}) of the run's task-id mapping"
+        )
+
+
 def _window_mean(window: list[dict[str, float]]) -> dict[str, float]:
     if not window:
         return {}
@@ -203,6 +217,7 @@ def train_loop(
                     f"the training data ran out after {position} batches, before step {step} "
                     f"of {num_steps}; repeat the dataset (num_epochs=None) or train fewer steps"
                 ) from None
+            _check_batch_task_ids(batch, len(task_names), step)
             state, metrics = step_fn(state, frozen, mesh_lib.shard_batch(batch, mesh), rng)
             position += 1
             metrics = jax.device_get(metrics)
