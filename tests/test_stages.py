@@ -216,3 +216,19 @@ def test_backbone_loads_from_msgpack_and_safetensors(config, backbone, tmp_path)
     _, random_params, ref = backbone_loading.load_backbone(config, "random:0")
     assert ref == "random:0"
     jax.tree.map(np.testing.assert_array_equal, random_params, backbone)
+
+
+def test_backbone_from_a_hugging_face_directory(tmp_path):
+    """``hf:<dir>``: the config comes from its config.json and the tree passes the checks."""
+    transformers = pytest.importorskip("transformers")
+    hf_config = transformers.T5Config(
+        vocab_size=64, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_decoder_layers=1,
+        num_heads=2, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
+    )  # fmt: skip
+    model = transformers.T5ForConditionalGeneration(hf_config)
+    model.save_pretrained(str(tmp_path), safe_serialization=True)
+    config, params, ref = backbone_loading.load_backbone(None, f"hf:{tmp_path}")
+    assert (config.vocab_size, config.emb_dim, config.num_heads) == (64, 16, 2)
+    embedding = model.shared.weight.detach().numpy()
+    np.testing.assert_array_equal(params["token_embedder"]["embedding"], embedding)
+    assert ref == str(tmp_path)

@@ -102,11 +102,22 @@ def _is_hf_state(keys) -> bool:
     return any(k.startswith(("shared.weight", "encoder.block.", "decoder.block.")) for k in keys)
 
 
+def _hf_dir(checkpoint: str | None) -> str | None:
+    """The Hugging Face directory ``checkpoint`` names (``hf:<dir>`` or a folder with a
+    ``config.json``), else None."""
+    if checkpoint is None:
+        return None
+    if checkpoint.startswith("hf:"):
+        return checkpoint.removeprefix("hf:")
+    return checkpoint if os.path.isfile(os.path.join(checkpoint, "config.json")) else None
+
+
 def _read(checkpoint: str, config: T5Config) -> PyTree:
-    if checkpoint.startswith("hf:") or os.path.isfile(os.path.join(checkpoint, "config.json")):
+    hf_dir = _hf_dir(checkpoint)
+    if hf_dir is not None:
         from mpt_jax.backbone import hf_import
 
-        return hf_import.load_hf_checkpoint(checkpoint.removeprefix("hf:"), config)
+        return hf_import.load_hf_checkpoint(hf_dir, config)
     if not os.path.exists(checkpoint):
         raise FileNotFoundError(f"backbone checkpoint {checkpoint!r} does not exist")
     if checkpoint.endswith(".msgpack"):
@@ -140,9 +151,15 @@ def load_backbone(
     """``(config, backbone_params, reference)``; see the module docstring for sources.
 
     Args:
-      config: the backbone's configuration (default: ``get_config("tiny")``, for tests).
+      config: the backbone's configuration (default: read from a Hugging Face
+        checkpoint's ``config.json``; otherwise ``get_config("tiny")``, for tests).
       checkpoint: where the parameters come from (None = random, seed 0).
     """
+    hf_dir = _hf_dir(checkpoint)
+    if config is None and hf_dir is not None:
+        from mpt_jax.backbone import hf_import
+
+        config = hf_import.config_from_hf(hf_dir)
     config = get_config("tiny") if config is None else config
     if checkpoint is None or checkpoint == "random" or checkpoint.startswith("random:"):
         seed = int(checkpoint.split(":", 1)[1]) if checkpoint and ":" in checkpoint else 0
