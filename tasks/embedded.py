@@ -35,6 +35,7 @@ import tensorflow as tf
 
 from mpt_jax.data import synthetic
 from mpt_jax.data.task_ids import TASK_IDS_FEATURE, add_task_ids
+from mpt_jax.tasks.preprocessors import enforce_sequence_lengths
 
 PREFIX = "mpt_embedded"
 TRAIN_SIZE, VALIDATION_SIZE, TEST_SIZE = 4096, 256, 512
@@ -97,11 +98,14 @@ def _pretrain_dataset_fn(
 
 
 def _register_task(name: str, dataset_fn, splits: dict[str, int], with_task_ids: bool) -> None:
-    preprocessors = [seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim]
+    # append_eos (not _after_trim) and the explicit length policy last, like every mpt task:
+    # an over-long example is an error, or a counted and logged cut, never a silent trim.
+    preprocessors = [seqio.preprocessors.tokenize, seqio.preprocessors.append_eos]
     features = dict(OUTPUT_FEATURES)
     if with_task_ids:
         preprocessors.append(functools.partial(add_task_ids, task_name=name))
         features["task_ids"] = TASK_IDS_FEATURE
+    preprocessors.append(functools.partial(enforce_sequence_lengths, task_name=name))
     seqio.TaskRegistry.add(
         name,
         source=seqio.FunctionDataSource(
