@@ -43,6 +43,9 @@ def converted_dataset(
             shuffle=shuffle,
             num_epochs=num_epochs,
             seed=seed if shuffle else None,
+            # seqio would cut over-long features silently; the converter's length policy
+            # (error, or truncate with a logged count) decides instead.
+            trim_output_features=False,
         )
 
 
