@@ -114,7 +114,26 @@ def configure(gin_files: Sequence[str], bindings: Sequence[str], paths: Sequence
     for path in paths:
         gin.add_config_file_search_path(path)
     files = [resolve_gin_file(f, paths) for f in gin_files]
-    gin.parse_config_files_and_bindings(files, bindings, finalize_config=False)
+    gin.parse_config_files_and_bindings(files, None, finalize_config=False)
+    check_macros_defined(bindings)
+    gin.parse_config_files_and_bindings([], bindings, finalize_config=False)
+
+
+def check_macros_defined(bindings: Sequence[str]) -> None:
+    """Raises ``UsageError`` for a binding of a macro (``NAME = value``) that no gin file
+    defines: gin would accept it as a new macro that nothing reads, so a misspelled
+    ``--gin.BACKBONE_CHECKPONT`` would silently train on a random backbone."""
+    for binding in bindings:
+        name = binding.partition("=")[0].strip()
+        if not name.isidentifier():
+            continue  # a configurable's parameter (scope/name.param), or not a binding
+        try:
+            gin.query_parameter(f"%{name}")
+        except ValueError:
+            raise UsageError(
+                f"the gin macro {name!r} (from {binding!r}) is not defined in any gin file; "
+                "check its spelling (the files define macros as NAME = value)"
+            ) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
