@@ -305,8 +305,33 @@ def _stack(run: str) -> list[str]:
     return ["models/mpt.gin", "models/sizes/tiny.gin", run, "runs/embedded.gin"]
 
 
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """Prompts as mpt_jax.t5x_ext.export writes them: teachers and a source MPT prompt."""
+    from mpt_jax.prompts import io as prompt_io
+
+    tmp = tmp_path_factory.mktemp("exported")
+    rng = np.random.RandomState(4)
+    teachers = rng.normal(size=(6, 4, 32)).astype(np.float32)
+    prompt_io.save_npy({"task_prompts": teachers}, str(tmp / "teacher"))
+    source = {
+        "shared": rng.normal(size=(4, 32)).astype(np.float32),
+        "task_cols": rng.normal(size=(3, 4, 2)).astype(np.float32),
+        "task_rows": rng.normal(size=(3, 2, 32)).astype(np.float32),
+    }
+    prompt_io.save_npy(source, str(tmp / "source"))
+    return {
+        "teachers": teachers,
+        "source": source,
+        "bindings": [
+            f"TEACHER_PROMPTS = '{tmp / 'teacher' / 'task_prompts.npy'}'",
+            f"SOURCE_PROMPT_DIR = '{tmp / 'source'}'",
+        ],
+    }
+
+
 @pytest.mark.parametrize("name", [f for f in WITH_T5X if f.startswith("runs/")])
-def test_t5x_run_file_builds_the_t5x_model(name):
+def test_t5x_run_file_builds_the_t5x_model(name, exported):
     paths = _t5x_search_paths()
     from mpt_jax.t5x_ext import models
 
@@ -315,23 +340,37 @@ def test_t5x_run_file_builds_the_t5x_model(name):
     else:
         stack = _stack(name)
     with as_main(RUN_SCRIPT.get(name, "t5x.train")):
-        model = build("MODEL", stack, RUN_BINDINGS, paths)
+        bindings = [*RUN_BINDINGS, *exported["bindings"]]
+        if name == "runs/prompt_model.gin":
+            bindings.append("DROPOUT_RATE = 0.0")  # a run file defines it
+        model = build("MODEL", stack, bindings, paths)
     expected = models.PromptDistillationModel if name == "runs/source.gin" else None
     assert isinstance(model, expected or models.PromptedEncoderDecoderModel)
     shapes = {"encoder_input_tokens": (2, 16), "decoder_input_tokens": (2, 4),
               "decoder_target_tokens": (2, 4), "task_ids": (2,)}  # fmt: skip
-    variables = jax.eval_shape(
-        lambda: model.get_initial_variables(
-            jax.random.PRNGKey(0), shapes, {k: jnp.int32 for k in shapes}
-        )
+    variables = model.get_initial_variables(
+        jax.random.PRNGKey(0), shapes, {k: jnp.int32 for k in shapes}
     )
-    prompt = {k: v.shape for k, v in variables["params"]["prompt"].items()}
-    assert prompt == {"shared": (4, 32), "task_cols": (6, 4, 1), "task_rows": (6, 1, 32)}
-    if name == "runs/source.gin":
-        assert variables["params"]["teacher_prompt"]["task_prompts"].shape == (6, 4, 32)
+    prompt = {k: np.asarray(v) for k, v in variables["params"]["prompt"].items()}
+    assert {k: v.shape for k, v in prompt.items()} == {
+        "shared": (4, 32), "task_cols": (6, 4, 1), "task_rows": (6, 1, 32)
+    }  # fmt: skip
+    if name == "runs/source.gin":  # the teachers are the exported ones
+        teachers = np.asarray(variables["params"]["teacher_prompt"]["task_prompts"])
+        np.testing.assert_array_equal(teachers, exported["teachers"])
+    if name == "runs/target.gin":  # the source's shared prompt; 'average' task factors
+        src = exported["source"]
+        np.testing.assert_array_equal(prompt["shared"], src["shared"])
+        mean = np.mean([src["task_cols"][k] @ src["task_rows"][k] for k in range(3)], axis=0)
+        u, s, vt = np.linalg.svd(mean.astype(np.float64))
+        np.testing.assert_allclose(
+            prompt["task_cols"][5] @ prompt["task_rows"][5],
+            s[0] * np.outer(u[:, 0], vt[0]),
+            atol=1e-4,
+        )
 
 
-def test_source_restore_rules_map_teachers_and_start_the_student_fresh():
+def test_restore_rules_take_the_backbone_and_no_prompt_from_the_checkpoint():
     paths = _t5x_search_paths()
     from t5x import state_utils
 
@@ -341,7 +380,7 @@ def test_source_restore_rules_map_teachers_and_start_the_student_fresh():
     assert fallback is True
     teacher_ckpt = {
         "target": {"encoder": {"w": 1.0}, "prompt": {"task_prompts": 2.0}},
-        "state": {"step": 5},
+        "state": {"step": 5, "param_states": {"prompt": {"task_prompts": {"v": 3.0}}}},
     }
     student = {
         "target": {
@@ -349,12 +388,19 @@ def test_source_restore_rules_map_teachers_and_start_the_student_fresh():
             "prompt": {"shared": 0.0, "task_cols": 0.0, "task_rows": 0.0},
             "teacher_prompt": {"task_prompts": 0.0},
         },
-        "state": {"step": 0},
+        "state": {"step": 0, "param_states": {"prompt": {"shared": {"v": 0.0}}}},
     }
-    out = state_utils.apply_assignment_map(teacher_ckpt, student, rules)
-    assert out["target"]["teacher_prompt"] == {"task_prompts": 2.0}
-    assert out["target"]["encoder"] == {"w": 1.0}
-    assert "shared" not in out["target"].get("prompt", {})
+    out = traverse(state_utils.apply_assignment_map(teacher_ckpt, student, rules))
+    assert out["target/encoder/w"] == 1.0
+    for key in ("target/prompt/shared", "target/teacher_prompt/task_prompts",
+                "state/param_states/prompt/shared/v"):  # fmt: skip
+        assert key not in out  # left to fallback_to_scratch: the initialisers
+
+
+def traverse(tree):
+    from flax import traverse_util
+
+    return traverse_util.flatten_dict(tree, sep="/")
 
 
 def test_flaxformer_architecture_file_builds_the_prompted_encoder_decoder():
@@ -362,13 +408,12 @@ def test_flaxformer_architecture_file_builds_the_prompted_encoder_decoder():
     pytest.importorskip("flaxformer", reason="Flaxformer is not installed")
     from mpt_jax.t5x_ext import flaxformer_encoder
 
-    module = build(
-        "ARCHITECTURE",
-        ["models/mpt.gin", "models/sizes/base.gin", "architectures/flaxformer_t5_prompt.gin"],
-        ["NUM_TASKS = 6"],
-        paths,
-    )
+    stack = ["models/mpt.gin", "models/sizes/base.gin", "architectures/flaxformer_t5_prompt.gin"]
+    with parsed(stack, ["NUM_TASKS = 6", "capture.value = %ARCHITECTURE"], paths):
+        module = _capture()
+        # Factories read their gin bindings when called, so build the encoder in here.
+        encoder = module.encoder_factory(shared_token_embedder=None)
     assert isinstance(module, flaxformer_encoder.PromptedEncoderDecoder)
-    encoder = module.encoder_factory(shared_token_embedder=None)
+    assert isinstance(encoder, flaxformer_encoder.PromptedEncoder)
     assert encoder.num_layers == get_config("base").num_encoder_layers
     assert encoder.prompt.num_tasks == 6 and encoder.prompt.embed_dim == 768

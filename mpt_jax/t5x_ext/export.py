@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -45,13 +45,14 @@ def _orbax_state_dir(checkpoint: str) -> str | None:
 def _subtree(tree: Mapping[str, Any], path: Sequence[str], checkpoint: str) -> Any:
     node: Any = tree
     for i, key in enumerate(path):
-        if not isinstance(node, Mapping) or key not in node:
+        try:
+            node = node[key]
+        except (KeyError, TypeError, IndexError):
             where = "/".join(path[:i]) or "<root>"
-            known = sorted(node) if isinstance(node, Mapping) else []
+            known = sorted(node) if hasattr(node, "keys") else []
             raise KeyError(
                 f"{checkpoint!r} has no '{'/'.join(path)}' (at {where!r} the keys are {known})."
-            )
-        node = node[key]
+            ) from None
     return node
 
 
@@ -67,6 +68,7 @@ def read_params(checkpoint: str, scope: str = "prompt") -> dict[str, Any]:
       The nested dict of numpy arrays under that scope.
     """
     path = ["target", *[p for p in scope.split("/") if p]]
+    checkpoint = os.path.abspath(checkpoint) if "://" not in checkpoint else checkpoint
     state_dir = _orbax_state_dir(checkpoint)
     if state_dir is not None:
         import orbax.checkpoint as ocp

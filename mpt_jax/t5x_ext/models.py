@@ -305,8 +305,9 @@ class PromptDistillationModel(PromptedEncoderDecoderModel):
     Args:
       module: the student, a ``PromptedT5`` (needs a ``prompt`` field and
         ``forward_with_hidden``).
-      teacher_prompt: the teachers' generator; the teacher is ``module`` with this
-        generator as its prompt.
+      *args: ``EncoderDecoderModel``'s positional arguments (vocabularies, optimizer).
+      teacher_prompt: the teachers' generator (keyword); the teacher is ``module`` with
+        this generator as its prompt.
       distill_weight: λ ≥ 0.
       temperature: τ > 0.
       hidden_states: what the MSE compares: ``encoder``, ``decoder``, ``both``, ``none``.
@@ -316,8 +317,8 @@ class PromptDistillationModel(PromptedEncoderDecoderModel):
     def __init__(
         self,
         module: nn.Module,
-        teacher_prompt: nn.Module,
         *args: Any,
+        teacher_prompt: nn.Module,
         distill_weight: float = 0.9,
         temperature: float = 1.0,
         hidden_states: str = "encoder",

@@ -1,0 +1,459 @@
+"""mpt_jax.t5x_ext against the real T5X (skipped when T5X is not installed).
+
+Every test compares T5X's entry points (``loss_fn``, ``score_batch``,
+``predict_batch_with_aux``, ``MultiOptimizer``) on a tiny prompted T5 with a numpy
+computation from the module's own logits, so a task id that did not reach the prompt,
+or a parameter that trained when it should not, shows up as a wrong number.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+
+pytest.importorskip("t5x.models", reason="T5X is not installed (not on PyPI)")
+
+import flax  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import seqio  # noqa: E402
+from flax import traverse_util  # noqa: E402
+from flax.linen import partitioning as flax_partitioning  # noqa: E402
+from t5x import adafactor, decoding, optimizers  # noqa: E402
+from t5x import partitioning as t5x_partitioning  # noqa: E402
+from t5x import train_state as train_state_lib  # noqa: E402
+
+from mpt_jax import prompts  # noqa: E402
+from mpt_jax.backbone import get_config  # noqa: E402
+from mpt_jax.model import PromptedT5  # noqa: E402
+from mpt_jax.t5x_ext import models, optim, partitioning, target_init  # noqa: E402
+
+CFG = get_config("tiny")
+T, L, R, D = 3, 4, 2, CFG.emb_dim
+B, S, TGT = 3, 8, 5
+SHAPES = {
+    "encoder_input_tokens": (B, S),
+    "decoder_input_tokens": (B, TGT),
+    "decoder_target_tokens": (B, TGT),
+    "task_ids": (B,),
+}
+TYPES = {"encoder_input_tokens": jnp.int32, "decoder_input_tokens": jnp.int32}
+
+
+def _flat(tree) -> dict[str, np.ndarray]:
+    return {
+        "/".join(k): np.asarray(v)
+        for k, v in traverse_util.flatten_dict(flax.core.unfreeze(tree)).items()
+    }
+
+
+def _optimizer(**traversal) -> optimizers.MultiOptimizer:
+    return optimizers.MultiOptimizer(
+        (
+            (
+                optim.prompt_traversal(**traversal),
+                adafactor.Adafactor(
+                    decay_rate=0.8,
+                    multiply_by_parameter_scale=False,
+                    logical_factor_rules=optim.logical_factor_rules(),
+                ),
+            ),
+        )
+    )
+
+
+def _t5x_model(module, cls=models.PromptedEncoderDecoderModel, **kwargs):
+    vocab = seqio.PassThroughVocabulary(size=CFG.vocab_size)
+    kwargs.setdefault("decode_fn", functools.partial(decoding.beam_search, alpha=0.0))
+    return cls(module, vocab, vocab, _optimizer(), **kwargs)
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def _token_ce(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """``-log p(target)`` per token, ``[batch, length]``, in float64."""
+    return -np.take_along_axis(_log_softmax(logits), targets[..., None], -1)[..., 0]
+
+
+@pytest.fixture(scope="module")
+def setup():
+    module = PromptedT5(
+        config=CFG, prompt=prompts.MultitaskPrompt(num_tasks=T, length=L, embed_dim=D, num_ranks=R)
+    )
+    model = _t5x_model(module)
+    variables = model.get_initial_variables(jax.random.PRNGKey(0), SHAPES, TYPES)
+    params = flax.core.unfreeze(variables["params"])
+    # Distinct task factors, so that the three tasks' prompts differ clearly.
+    rng = np.random.RandomState(1)
+    params["prompt"]["task_cols"] = jnp.asarray(rng.normal(0, 1, (T, L, R)), jnp.float32)
+    params["prompt"]["task_rows"] = jnp.asarray(rng.normal(0, 1, (T, R, D)), jnp.float32)
+    enc = rng.randint(3, CFG.vocab_size, (B, S)).astype(np.int32)
+    enc[0, 5:] = 0  # padding
+    tgt = rng.randint(3, CFG.vocab_size, (B, TGT)).astype(np.int32)
+    tgt[1, 3:] = 0
+    batch = {
+        "encoder_input_tokens": enc,
+        "decoder_target_tokens": tgt,
+        "decoder_input_tokens": np.concatenate([np.zeros((B, 1), np.int32), tgt[:, :-1]], 1),
+        "decoder_loss_weights": (tgt > 0).astype(np.int32),
+        "task_ids": np.array([0, 2, 1], np.int32),
+    }
+    return module, model, variables, params, batch
+
+
+def _direct_logits(module, params, batch, task_ids) -> np.ndarray:
+    return np.asarray(
+        module.apply(
+            {"params": params},
+            batch["encoder_input_tokens"],
+            batch["decoder_input_tokens"],
+            batch["decoder_target_tokens"],
+            jnp.asarray(task_ids),
+            enable_dropout=False,
+        )
+    )
+
+
+def test_initial_variables_carry_logical_axes_for_every_parameter(setup):
+    _, _, variables, _, _ = setup
+    names = flax_partitioning.get_axis_names(variables["params_axes"])
+    flat_names = {"/".join(k): v for k, v in traverse_util.flatten_dict(names).items()}
+    flat_params = _flat(variables["params"])
+    assert set(flat_names) == set(flat_params)
+    for path, spec in flat_names.items():
+        assert len(tuple(spec)) == flat_params[path].ndim, path
+    assert tuple(flat_names["prompt/shared"]) == ("prompt", "embed")
+    assert tuple(flat_names["prompt/task_cols"]) == ("tasks", "prompt", "rank")
+    assert tuple(flat_names["prompt/task_rows"]) == ("tasks", "rank", "embed")
+    assert tuple(flat_names["token_embedder/embedding"]) == ("vocab", "embed")
+
+
+def test_loss_fn_routes_task_ids(setup):
+    module, model, _, params, batch = setup
+    loss, _ = model.loss_fn(params, batch, None)
+    ce = _token_ce(
+        _direct_logits(module, params, batch, batch["task_ids"]), batch["decoder_target_tokens"]
+    )
+    expected = float((ce * batch["decoder_loss_weights"]).sum())  # T5X: a sum when no normaliser
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+    swapped = {**batch, "task_ids": np.array([1, 0, 2], np.int32)}
+    loss_swapped, _ = model.loss_fn(params, swapped, None)
+    ce_swapped = _token_ce(_direct_logits(module, params, batch, swapped["task_ids"]),
+                           batch["decoder_target_tokens"])  # fmt: skip
+    np.testing.assert_allclose(
+        float(loss_swapped), float((ce_swapped * batch["decoder_loss_weights"]).sum()), rtol=1e-5
+    )
+    assert abs(float(loss_swapped) - float(loss)) > 1e-3
+
+
+def test_score_batch_is_per_example_log_likelihood_under_its_own_task(setup):
+    module, model, _, params, batch = setup
+    scores = np.asarray(model.score_batch(params, batch))
+    ce = _token_ce(
+        _direct_logits(module, params, batch, batch["task_ids"]), batch["decoder_target_tokens"]
+    )
+    np.testing.assert_allclose(scores, -(ce * batch["decoder_loss_weights"]).sum(-1), rtol=1e-5)
+    # Changing example 1's task changes only example 1's score.
+    other = {**batch, "task_ids": np.array([0, 1, 1], np.int32)}
+    scores_other = np.asarray(model.score_batch(params, other))
+    np.testing.assert_allclose(scores_other[[0, 2]], scores[[0, 2]], rtol=1e-6)
+    assert abs(scores_other[1] - scores[1]) > 1e-3
+
+
+def test_decoding_encodes_each_example_with_its_own_prompt(setup):
+    """Beam-search scores (alpha=0: plain log-probabilities) equal teacher-forced scores."""
+    _, model, _, params, batch = setup
+    predict = jax.jit(lambda p, b: model.predict_batch_with_aux(p, b, num_decodes=2))
+    decodes, aux = predict(params, batch)
+    decodes = np.asarray(decodes)
+    weights = np.ones_like(decodes)
+    for i, row in enumerate(decodes):
+        eos = np.flatnonzero(row == 1)
+        if eos.size:
+            weights[i, eos[0] + 1 :] = 0
+    forced = {
+        **batch,
+        "decoder_target_tokens": decodes * weights,
+        "decoder_input_tokens": np.concatenate(
+            [np.zeros((B, 1), np.int32), (decodes * weights)[:, :-1]], 1
+        ),
+        "decoder_loss_weights": weights,
+    }
+    np.testing.assert_allclose(
+        np.asarray(aux["scores"]), np.asarray(model.score_batch(params, forced)), rtol=1e-4
+    )
+    wrong = {**forced, "task_ids": (batch["task_ids"] + 1) % T}
+    assert np.all(np.abs(np.asarray(model.score_batch(params, wrong)) - aux["scores"]) > 1e-3)
+
+
+def test_t5x_step_trains_every_prompt_parameter_and_nothing_else(setup):
+    _, model, variables, params, batch = setup
+    state = train_state_lib.FlaxOptimTrainState.create(
+        model.optimizer_def, flax.core.freeze({**variables, "params": params})
+    )
+    # Optimizer state (Adafactor's second moments) exists for the prompt only.
+    flat_states = traverse_util.flatten_dict(flax.core.unfreeze(state.param_states), sep="/")
+    with_state = {k for k, v in flat_states.items() if v is not None}
+    assert all(flat_states[k] is None for k in flat_states if not k.startswith("prompt/"))
+    assert with_state == {"prompt/shared", "prompt/task_cols", "prompt/task_rows"}
+    grads = jax.grad(lambda p: model.loss_fn(p, batch, None)[0])(state.params)
+    new = state.apply_gradient(grads, learning_rate=0.3)
+    before, after = _flat(state.params), _flat(new.params)
+    changed = {k for k in before if not np.array_equal(before[k], after[k])}
+    assert changed == {"prompt/shared", "prompt/task_cols", "prompt/task_rows"}
+
+
+def _prompted_params(generator) -> dict:
+    module = PromptedT5(config=CFG, prompt=generator)
+    variables = _t5x_model(module).get_initial_variables(jax.random.PRNGKey(0), SHAPES, TYPES)
+    return variables
+
+
+GENERATORS = {
+    "mpt": prompts.MultitaskPrompt(num_tasks=T, length=L, embed_dim=D),
+    "attention": prompts.ComposedPrompt(
+        num_tasks=T,
+        length=L,
+        embed_dim=D,
+        composition="attention",
+        pool_size=2,
+        attention_hidden=8,
+    ),  # fmt: skip
+    "gated": prompts.ComposedPrompt(
+        num_tasks=T, length=L, embed_dim=D, composition="gated", task_rank=1
+    ),
+    "hierarchical": prompts.HierarchicalPrompt(
+        task_groups=(0, 0, 1),
+        length=L,
+        embed_dim=D,
+        group_composition="weighted",
+        task_composition="add",
+    ),  # fmt: skip
+}
+
+
+@pytest.mark.parametrize("name", sorted(GENERATORS))
+def test_traversal_and_rules_cover_every_prompt_parameter(name):
+    variables = _prompted_params(GENERATORS[name])
+    flat = _flat(variables["params"])
+    prompt_paths = {k for k in flat if k.startswith("prompt/")}
+    assert len(prompt_paths) >= 2
+    assert set(optim.matched_paths(variables["params"])) == prompt_paths
+    # Every axis name has a partitioning rule and an Adafactor factor rule.
+    rules = dict(
+        t5x_partitioning.standard_logical_axis_rules(
+            additional_rules=partitioning.prompt_axis_rules()
+        )
+    )
+    factor_rules = optim.logical_factor_rules()
+    axes = flax_partitioning.get_axis_names(variables["params_axes"])
+    for spec in jax.tree.leaves(axes, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec)):
+        for axis in spec:
+            assert axis in rules and axis in factor_rules, (name, axis)
+    adafactor.Adafactor(logical_factor_rules=factor_rules).set_param_axes(axes)
+
+
+def test_traversal_frozen_names_and_teacher_scope():
+    params = {
+        "prompt": {"shared": 0, "task_cols": 0, "pool": {"source_prompts": 0}},
+        "teacher_prompt": {"task_prompts": 0},
+        "encoder": {"layers_0": {"prompt_like": {"kernel": 0}}},
+    }
+    assert optim.matched_paths(params) == [
+        "prompt/pool/source_prompts", "prompt/shared", "prompt/task_cols"
+    ]  # fmt: skip
+    frozen = optim.prompt_traversal(frozen=("shared", "source_prompts"))
+    assert optim.matched_paths(params, frozen) == ["prompt/task_cols"]
+    with pytest.raises(ValueError, match="single path components"):
+        optim.prompt_traversal(scopes=("encoder/prompt",))
+    with pytest.raises(ValueError, match="unknown prompt axes"):
+        partitioning.prompt_axis_rules(sharded=(("heads", "model"),))
+
+
+def test_unboxed_parameter_without_axes_is_an_error():
+    with pytest.raises(ValueError, match=r"\['encoder/w'\]"):
+        models.params_axes_from_boxes({"params": {"encoder": {"w": jnp.zeros(2)}}})
+
+
+def test_batch_without_task_ids_is_an_error(setup):
+    _, model, _, params, batch = setup
+    no_ids = {k: v for k, v in batch.items() if k != "task_ids"}
+    with pytest.raises(KeyError, match="task_ids"):
+        model.score_batch(params, no_ids)
+
+
+@pytest.mark.parametrize("hidden_states", ["both", "none"])
+def test_distillation_loss_matches_formula_and_freezes_teachers(setup, hidden_states):
+    module, _, _, _, batch = setup
+    lam, tau = 0.7, 2.0
+    model = _t5x_model(
+        module,
+        models.PromptDistillationModel,
+        teacher_prompt=prompts.TaskPrompts(num_tasks=T, length=L, embed_dim=D),
+        distill_weight=lam,
+        temperature=tau,
+        hidden_states=hidden_states,
+    )
+    variables = model.get_initial_variables(jax.random.PRNGKey(2), SHAPES, TYPES)
+    params = flax.core.unfreeze(variables["params"])
+    assert params["teacher_prompt"]["task_prompts"].shape == (T, L, D)
+    names = flax_partitioning.get_axis_names(variables["params_axes"])
+    assert tuple(names["teacher_prompt"]["task_prompts"]) == ("tasks", "prompt", "embed")
+    assert optim.matched_paths(params) == ["prompt/shared", "prompt/task_cols", "prompt/task_rows"]
+
+    loss, metrics = model.loss_fn(params, batch, None)
+
+    inputs = [
+        batch[k] for k in ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens")
+    ]
+    student = {k: v for k, v in params.items() if k != "teacher_prompt"}
+    s_logits, s_hidden = module.apply(
+        {"params": student}, *inputs, batch["task_ids"], enable_dropout=False,
+        method="forward_with_hidden",
+    )  # fmt: skip
+    teacher_module = module.clone(prompt=prompts.TaskPrompts(num_tasks=T, length=L, embed_dim=D))
+    t_logits, t_hidden = teacher_module.apply(
+        {"params": {**student, "prompt": params["teacher_prompt"]}}, *inputs, batch["task_ids"],
+        enable_dropout=False, method="forward_with_hidden",
+    )  # fmt: skip
+    w = batch["decoder_loss_weights"].astype(np.float64)
+    ce = (_token_ce(np.asarray(s_logits), batch["decoder_target_tokens"]) * w).sum() / w.sum()
+    log_p = _log_softmax(np.asarray(t_logits) / tau)
+    log_q = _log_softmax(np.asarray(s_logits) / tau)
+    kl = ((np.exp(log_p) * (log_p - log_q)).sum(-1) * w).sum() / w.sum()
+    mse = 0.0
+    if hidden_states == "both":
+        enc_mask = (batch["encoder_input_tokens"] > 0).astype(np.float64)
+        for key, mask in (("encoder", enc_mask), ("decoder", w)):
+            sq = ((np.asarray(s_hidden[key], np.float64) - np.asarray(t_hidden[key])) ** 2).sum(-1)
+            mse += (sq * mask).sum() / (mask.sum() * D)
+        assert mse > 0
+    expected = ce + lam * (tau**2 * kl + mse)
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+    assert kl > 0
+    np.testing.assert_allclose(float(metrics["distill/kl"].compute()), kl, rtol=1e-5)
+    np.testing.assert_allclose(float(metrics["distill/task_loss"].compute()), ce, rtol=1e-5)
+
+    grads = jax.grad(lambda p: model.loss_fn(p, batch, None)[0])(params)
+    assert float(jnp.abs(grads["teacher_prompt"]["task_prompts"]).max()) == 0.0
+    assert float(jnp.abs(grads["prompt"]["shared"]).max()) > 0.0
+
+
+def test_distillation_model_refuses_settings_it_cannot_honour(setup):
+    module = setup[0]
+    teacher = prompts.TaskPrompts(num_tasks=T, length=L, embed_dim=D)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        _t5x_model(module, models.PromptDistillationModel, teacher_prompt=teacher,
+                   label_smoothing=0.1)  # fmt: skip
+    with pytest.raises(ValueError, match="temperature"):
+        _t5x_model(module, models.PromptDistillationModel, teacher_prompt=teacher, temperature=0)
+
+
+def test_target_prompt_starts_from_the_exported_source_prompt(tmp_path):
+    """``average``: both target tasks start at the best rank-1 fit of mean_k U_k V_k."""
+    from mpt_jax.prompts import io as prompt_io
+
+    rng = np.random.RandomState(3)
+    source = {
+        "shared": rng.normal(size=(L, D)).astype(np.float32),
+        "task_cols": rng.normal(size=(T, L, R)).astype(np.float32),
+        "task_rows": rng.normal(size=(T, R, D)).astype(np.float32),
+    }
+    prompt_io.save_npy(source, str(tmp_path))
+
+    def start(method, **kw):
+        inits = {
+            f"{name}_init": target_init.from_source_prompt(str(tmp_path), part, method=method, **kw)
+            for name, part in (("shared", "shared"), ("cols", "task_cols"), ("rows", "task_rows"))
+        }
+        gen = prompts.MultitaskPrompt(num_tasks=2, length=L, embed_dim=D, num_ranks=1, **inits)
+        variables = gen.init(jax.random.PRNGKey(0), jnp.zeros(2, jnp.int32))
+        return {k: np.asarray(v) for k, v in flax.linen.unbox(variables)["params"].items()}
+
+    target = start("average")
+    np.testing.assert_array_equal(target["shared"], source["shared"])
+    mean = np.mean([source["task_cols"][k].astype(np.float64) @ source["task_rows"][k]
+                    for k in range(T)], axis=0)  # fmt: skip
+    u, s, vt = np.linalg.svd(mean)
+    best = s[0] * np.outer(u[:, 0], vt[0])
+    for k in range(2):  # both target tasks start alike
+        np.testing.assert_allclose(target["task_cols"][k] @ target["task_rows"][k], best, atol=1e-4)
+    exact = start("exact", source_task=2)
+    w2 = source["task_cols"][2].astype(np.float64) @ source["task_rows"][2]
+    u, s, vt = np.linalg.svd(w2)
+    np.testing.assert_allclose(
+        exact["task_cols"][0] @ exact["task_rows"][0], s[0] * np.outer(u[:, 0], vt[0]), atol=1e-4
+    )
+    with pytest.raises(ValueError, match="part"):
+        target_init.from_source_prompt(str(tmp_path), "cols")
+    with pytest.raises(ValueError, match="width must match"):
+        prompts.MultitaskPrompt(
+            num_tasks=1, length=L + 1, embed_dim=D,
+            shared_init=target_init.from_source_prompt(str(tmp_path), "shared"),
+        ).init(jax.random.PRNGKey(0), jnp.zeros(1, jnp.int32))  # fmt: skip
+
+
+def test_flaxformer_encoder_equals_prompted_t5_on_the_same_parameters(setup):
+    """Flaxformer's T5 with the prompt subclass gives PromptedT5's logits, masks included."""
+    pytest.importorskip("flaxformer", reason="Flaxformer is not installed")
+    import gin
+
+    from mpt_jax.configs import __path__ as configs_path
+    from mpt_jax.t5x_ext import flaxformer_encoder
+
+    captured = {}
+
+    @gin.configurable("capture_architecture")
+    def capture(module):
+        captured["module"] = module
+
+    # Flaxformer's factories read gin when a module is set up, so the comparison runs
+    # while the architecture's gin config is active.
+    with gin.unlock_config():
+        gin.clear_config()
+        gin.add_config_file_search_path(list(configs_path)[0])
+        try:
+            gin.parse_config_files_and_bindings(
+                ["models/mpt.gin", "models/sizes/tiny.gin",
+                 "architectures/flaxformer_t5_prompt.gin"],
+                ["NUM_TASKS = 3", "PROMPT_LENGTH = 4", "PROMPT_RANK = 2",
+                 "ACTIVATION_DTYPE = 'float32'", "DROPOUT_RATE = 0.0",
+                 "capture_architecture.module = %ARCHITECTURE"],
+                finalize_config=False,
+            )  # fmt: skip
+            capture()
+            _compare_flaxformer(captured["module"], flaxformer_encoder, setup)
+        finally:
+            gin.clear_config()
+
+
+def _compare_flaxformer(ff, flaxformer_encoder, setup):
+    _, model, _, params, batch = setup
+    assert isinstance(ff, flaxformer_encoder.PromptedEncoderDecoder)
+    ff_model = _t5x_model(ff)
+    ff_vars = ff_model.get_initial_variables(jax.random.PRNGKey(0), SHAPES, TYPES)
+    ff_flat = _flat(ff_vars["params"])
+    ours = _flat({k: v for k, v in params.items() if k != "prompt"})
+    ours.update({f"encoder/prompt/{k}": v for k, v in _flat(params["prompt"]).items()})
+    assert set(ff_flat) == set(ours)
+    for k in ours:
+        assert ff_flat[k].shape == ours[k].shape, k
+    assert optim.matched_paths(ff_vars["params"]) == [
+        "encoder/prompt/shared", "encoder/prompt/task_cols", "encoder/prompt/task_rows"
+    ]  # fmt: skip
+    ff_params = traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in ours.items()})
+    np.testing.assert_allclose(
+        np.asarray(ff_model.score_batch(ff_params, batch)),
+        np.asarray(model.score_batch(params, batch)),
+        rtol=2e-4,
+    )
+    decodes, aux = jax.jit(lambda p, b: ff_model.predict_batch_with_aux(p, b))(ff_params, batch)
+    ref, ref_aux = jax.jit(lambda p, b: model.predict_batch_with_aux(p, b))(params, batch)
+    np.testing.assert_array_equal(np.asarray(decodes), np.asarray(ref))
+    np.testing.assert_allclose(np.asarray(aux["scores"]), np.asarray(ref_aux["scores"]), rtol=2e-4)
