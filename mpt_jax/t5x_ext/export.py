@@ -42,7 +42,7 @@ def _orbax_state_dir(checkpoint: str) -> str | None:
     return None
 
 
-def _subtree(tree: Mapping[str, Any], path: Sequence[str], checkpoint: str) -> Any:
+def _subtree(tree: Any, path: Sequence[str], checkpoint: str) -> Any:
     node: Any = tree
     for i, key in enumerate(path):
         try:
