@@ -14,7 +14,8 @@ machine (XLA's CPU reductions may differ in the last bits across machines).
 
 Usage (the shipped file was made with the defaults)::
 
-    python scripts/pretrain_embedded_backbone.py            # ~10-25 min on 2 CPU cores
+    python scripts/pretrain_embedded_backbone.py    # 3000 steps: 347 s measured on 2 shared
+                                                    # CPU cores (99.7% on held-out pairs)
     python scripts/pretrain_embedded_backbone.py --steps 200 --out /tmp/bb   # smoke run
 """
 
