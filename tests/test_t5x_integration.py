@@ -9,6 +9,8 @@ or a parameter that trained when it should not, shows up as a wrong number.
 from __future__ import annotations
 
 import functools
+import os
+import subprocess
 
 import numpy as np
 import pytest
@@ -457,3 +459,25 @@ def _compare_flaxformer(ff, flaxformer_encoder, setup):
     ref, ref_aux = jax.jit(lambda p, b: model.predict_batch_with_aux(p, b))(params, batch)
     np.testing.assert_array_equal(np.asarray(decodes), np.asarray(ref))
     np.testing.assert_allclose(np.asarray(aux["scores"]), np.asarray(ref_aux["scores"]), rtol=2e-4)
+
+
+@pytest.mark.skipif(
+    not os.environ.get("MPT_T5X_E2E"),
+    reason="set MPT_T5X_E2E=1 to run python -m t5x.train/eval/infer end to end (minutes)",
+)
+def test_t5x_end_to_end(tmp_path):
+    """tests/t5x_e2e/run.sh: every stage runs, and only prompt parameters ever change."""
+    from mpt_jax.t5x_ext.export import read_params
+
+    script = os.path.join(os.path.dirname(__file__), "t5x_e2e", "run.sh")
+    subprocess.run([script, str(tmp_path)], check=True)
+    backbone = _flat(read_params(str(tmp_path / "backbone" / "checkpoint_20"), ""))
+    target = _flat(read_params(str(tmp_path / "target" / "checkpoint_140"), ""))
+    for name, value in backbone.items():
+        np.testing.assert_array_equal(target[name], value, err_msg=name)
+    assert set(target) - set(backbone) == {"prompt/shared", "prompt/task_cols", "prompt/task_rows"}
+    teachers = read_params(str(tmp_path / "teacher" / "checkpoint_60"), "prompt")
+    distilled = read_params(str(tmp_path / "source" / "checkpoint_100"), "teacher_prompt")
+    np.testing.assert_array_equal(teachers["task_prompts"], distilled["task_prompts"])
+    assert (tmp_path / "source" / "peft" / "adapter_model.safetensors").exists()
+    assert list((tmp_path / "infer").glob("*.jsonl"))
