@@ -15,8 +15,8 @@ Modules (each a single concern):
 - :mod:`~mpt_jax.t5x_ext.optim`: optimizer settings under which only prompt parameters
   train and have optimizer state;
 - :mod:`~mpt_jax.t5x_ext.partitioning`: logical-axis rules for the prompt axes;
-- :mod:`~mpt_jax.t5x_ext.target_init`: checkpoint-restore transformations for target
-  adaptation (source task k, average of the source tasks, shared prompt only);
+- :mod:`~mpt_jax.t5x_ext.target_init`: initialisers that start a target prompt from an
+  exported source prompt (source task k, average of the source tasks, shared only);
 - :mod:`~mpt_jax.t5x_ext.export`: prompts from a T5X checkpoint to ``.npy`` / PEFT;
 - :mod:`~mpt_jax.t5x_ext.flaxformer_encoder`: Flaxformer's T5 with the prompt injected
   (needs Flaxformer).
