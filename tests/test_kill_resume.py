@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from mpt_jax.training.checkpoints import CHECKPOINT_SUBDIR, Checkpointer
+from mpt_jax.training.summaries import read_metrics
 
 NUM_STEPS, EVERY = 12, 3
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -92,7 +93,7 @@ def runs(tmp_path_factory):
     log.close()
     record["events_3"] = _events(events)
     record["final"] = dict(np.load(out))
-    record["ckpt_dir"] = ckpt_dir
+    record["ckpt_dir"], record["model_dir"] = ckpt_dir, model_dir
     return record
 
 
@@ -128,6 +129,12 @@ def test_restart_resumes_from_the_last_complete_checkpoint_and_matches(runs):
     assert sorted(got) == sorted(want)
     for key in want:
         np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    # metrics.jsonl stays readable; redone steps are recorded again, and the later record
+    # of every step has the uninterrupted run's loss.
+    records = read_metrics(runs["model_dir"], "train")
+    assert sorted({r["step"] for r in records}) == list(range(1, NUM_STEPS + 1))
+    latest = {r["step"]: r["loss"] for r in records}
+    assert latest == {r["step"]: r["loss"] for r in reference.train}
     # The prompt did train (so equality is not two untouched initialisations).
     init = worker.initial_prompt(0)["shared"]
     assert np.abs(want["['params']['shared']"] - init).max() > 1e-3
