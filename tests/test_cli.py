@@ -166,6 +166,9 @@ def test_unknown_binding_is_an_error_that_names_it(capsys):
     assert "no_such_setting" in capsys.readouterr().err
     assert _run("train", "runner/does_not_exist.gin") == 2
     assert "does_not_exist.gin" in capsys.readouterr().err
+    # Arguments the train job passes itself are refused, not silently overridden.
+    assert _run("train", "runner/teacher.gin", **{"train_loop.seed": 3}) == 2
+    assert "seed" in capsys.readouterr().err
 
 
 def test_demo_job_is_wired(capsys):

@@ -28,7 +28,6 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -65,7 +64,6 @@ def tree_is_finite(tree: PyTree) -> bool:
     return True
 
 
-@gin.configurable(denylist=["directory"])
 class Checkpointer:
     """Saves and restores :class:`TrainState` plus run metadata under ``directory``.
 

@@ -109,7 +109,21 @@ def _window_mean(window: list[dict[str, float]]) -> dict[str, float]:
 
 
 @gin.configurable(
-    denylist=["loss_fn", "tx", "prompt_params", "frozen", "batches", "evaluate", "task_names"]
+    # Run-specific arguments the caller (the train job) passes; binding them in gin would be
+    # silently overridden, so gin refuses them (bind train.seed, train.model_dir instead).
+    denylist=[
+        "loss_fn",
+        "tx",
+        "prompt_params",
+        "frozen",
+        "batches",
+        "evaluate",
+        "task_names",
+        "model_dir",
+        "backbone",
+        "seed",
+        "extra_meta",
+    ]
 )
 def train_loop(
     loss_fn: LossFn,

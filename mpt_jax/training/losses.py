@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import gin
 import jax
 import jax.numpy as jnp
 
@@ -115,9 +114,6 @@ def _safe_div(num: Array, den: Array) -> Array:
     return num / jnp.maximum(den, 1e-8)
 
 
-@gin.configurable(
-    denylist=["student_logits", "teacher_logits", "student_hidden", "teacher_hidden", "batch"]
-)
 def distillation_loss(
     student_logits: Array,
     teacher_logits: Array,
@@ -142,6 +138,9 @@ def distillation_loss(
 
     Normalisation: ``L_task`` and ``KL`` are means over the weighted target tokens,
     ``MSE`` is a mean over the valid positions and the embed features.
+
+    Configure it through :func:`mpt_jax.training.objectives.distillation_loss_fn` (gin:
+    ``distillation_loss_fn.distill_weight`` etc.), which passes every setting explicitly.
 
     Args:
       student_logits / teacher_logits: ``[batch, targets_length, vocab]``.

@@ -25,7 +25,7 @@ OPTIMIZERS = ("adafactor", "adamw")
 SCHEDULES = ("constant", "linear_decay", "rsqrt")
 
 
-@gin.configurable
+@gin.configurable(denylist=["base_learning_rate"])
 def learning_rate_schedule(
     base_learning_rate: float,
     *,
@@ -36,7 +36,7 @@ def learning_rate_schedule(
     """A learning-rate schedule: linear warm-up, then ``kind``.
 
     Args:
-      base_learning_rate: the rate after warm-up.
+      base_learning_rate: the rate after warm-up (``make_optimizer.learning_rate`` in gin).
       kind: ``"constant"`` (prompt tuning's choice), ``"linear_decay"`` (to 0 at
         ``total_steps``) or ``"rsqrt"`` (``base · sqrt(warmup / step)`` after warm-up).
       warmup_steps: steps of linear warm-up from 0 (0 = none).
