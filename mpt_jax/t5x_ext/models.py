@@ -87,6 +87,8 @@ class TaskIdsBinding:
         return self._module
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "_module":  # copy/pickle protocol, early access
+            raise AttributeError(name)
         return getattr(self._module, name)
 
     def _bind(self, method: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -146,7 +148,7 @@ def params_axes_from_boxes(variables: Mapping[str, Any]) -> dict[str, Any]:
     return variables
 
 
-def _is_flag(path: tuple[str, ...], leaf: Any, ndim: int) -> bool:
+def _is_flag(leaf: Any, ndim: int) -> bool:
     return getattr(leaf, "dtype", None) == jnp.bool_ and leaf.ndim == ndim
 
 
@@ -160,16 +162,14 @@ def batch_cache_flags(cache: PyTree, batch_size: int) -> PyTree:
     decoding and is read back with :func:`unbatch_cache_flags`.
     """
     flat = traverse_util.flatten_dict(flax.core.unfreeze(cache))
-    flat = {
-        k: jnp.broadcast_to(v, (batch_size,)) if _is_flag(k, v, 0) else v for k, v in flat.items()
-    }
+    flat = {k: jnp.broadcast_to(v, (batch_size,)) if _is_flag(v, 0) else v for k, v in flat.items()}
     return traverse_util.unflatten_dict(flat)
 
 
 def unbatch_cache_flags(cache: PyTree) -> PyTree:
     """Inverse of :func:`batch_cache_flags`: ``[batch]`` boolean flags back to scalars."""
     flat = traverse_util.flatten_dict(flax.core.unfreeze(cache))
-    flat = {k: v[0] if _is_flag(k, v, 1) else v for k, v in flat.items()}
+    flat = {k: v[0] if _is_flag(v, 1) else v for k, v in flat.items()}
     return traverse_util.unflatten_dict(flat)
 
 
