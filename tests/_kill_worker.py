@@ -62,9 +62,23 @@ def model_and_objective():
     batch = _pool()
     inputs = {k: batch[k][:1] for k in ("encoder_input_tokens", "decoder_input_tokens",
                                         "decoder_target_tokens", "task_ids")}  # fmt: skip
-    params = nn.unbox(model.init(jax.random.key(0), **inputs, enable_dropout=False)["params"])
-    _, backbone = split_params(params)
-    return model, task_loss_fn(model), make_optimizer(), {"backbone": backbone}
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), **inputs, enable_dropout=False))
+    _, backbone = split_params(nn.unbox(shapes["params"]))
+    return model, task_loss_fn(model), make_optimizer(), {"backbone": _random_tree(backbone)}
+
+
+def _random_tree(shapes) -> dict:
+    """A fixed random frozen backbone of the given shapes (layer-norm scales 1, other
+    weights N(0, 0.1²)), drawn with numpy: an eager ``model.init`` costs ~10 s of CPU in
+    every worker process."""
+    rng = np.random.default_rng(0)
+
+    def leaf(path, shape):
+        if jax.tree_util.keystr(path).endswith("['scale']"):
+            return np.ones(shape.shape, np.float32)
+        return (0.1 * rng.standard_normal(shape.shape)).astype(np.float32)
+
+    return jax.tree_util.tree_map_with_path(leaf, shapes)
 
 
 def initial_prompt(seed: int):

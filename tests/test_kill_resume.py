@@ -34,8 +34,14 @@ TIMEOUT_S = 300  # a loaded 2-core machine; a healthy worker needs well under a 
 def _start(model_dir, events, *extra):
     cmd = [sys.executable, WORKER, model_dir, "--num-steps", str(NUM_STEPS),
            "--checkpoint-every", str(EVERY), "--events", events, *extra]  # fmt: skip
+    # The workers share a persistent compilation cache: only the first one compiles (a
+    # restarted pod with a cache on disk does the same).
+    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": os.path.join(os.path.dirname(events), "jax"),
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+           "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}  # fmt: skip
     log = open(events + ".log", "a")
-    return subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT), log
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return proc, log
 
 
 def _kill_when_signalled(proc, signal_file, log):
