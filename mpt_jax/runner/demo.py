@@ -65,7 +65,7 @@ from mpt_jax.prompts import ComposedPrompt, MultitaskPrompt, SinglePrompt, TaskP
 from mpt_jax.prompts.accounting import count_parameters
 from mpt_jax.prompts.source_init import init_from_source
 from mpt_jax.training.objectives import distillation_loss_fn, task_loss_fn
-from mpt_jax.training.optimizers import make_optimizer, per_task
+from mpt_jax.training.optimizers import learning_rate_schedule, make_optimizer, per_task
 from mpt_jax.training.state import TrainState
 from mpt_jax.training.step import train_step_fn
 
@@ -312,8 +312,8 @@ def main(
     prompt_length: int = 8,
     rank: int = 1,
     compositions: Sequence[str] = ("add",),
-    teacher_steps: int = 300,
-    source_steps: int = 300,
+    teacher_steps: int = 900,
+    source_steps: int = 600,
     target_steps: int = 100,
     shots: Sequence[int] = (16, 32),
     seeds: Sequence[int] = (0, 1, 2),
@@ -323,6 +323,7 @@ def main(
     test_size: int = 128,
     eval_points: int = 10,
     learning_rate: float = 0.3,
+    schedule: str = "linear_decay",
     distill_weight: float = 0.9,
     backbone: str | None = None,
     verbose: bool = True,
@@ -348,6 +349,9 @@ def main(
       test_size: test examples per task.
       eval_points: evaluations during target training (besides step 0).
       learning_rate: of every stage (Adafactor with prompt tuning's other defaults).
+      schedule: ``"linear_decay"`` (to 0 at each stage's last step, so the last step —
+        where scores are read — is not a noisy one) or ``"constant"`` (prompt tuning's);
+        the same for every stage and method.
       distill_weight: MPT's ``λ`` (the training core's default, recalled from the paper).
       backbone: path prefix of a backbone saved by ``assets.save_backbone`` (default:
         the shipped one).
@@ -394,7 +398,13 @@ def main(
     bench = synthetic.EmbeddedBenchmark(seed=benchmark_seed)
     sources, targets = bench.source_tasks, bench.target_tasks
     num_sources, dim = len(sources), config.emb_dim
-    tx = make_optimizer(learning_rate=learning_rate)
+    if schedule not in ("constant", "linear_decay"):
+        raise ValueError(f"schedule must be 'constant' or 'linear_decay'; got {schedule!r}.")
+
+    def optimizer(steps: int) -> optax.GradientTransformation:
+        rate = learning_rate_schedule(learning_rate, kind=schedule, total_steps=steps)
+        return make_optimizer(learning_rate=learning_rate, schedule=rate)
+
     keys = iter(jax.random.split(jax.random.PRNGKey(seed), 16))
     backbone_size = sum(int(np.size(x)) for x in jax.tree.leaves(backbone_params))
     log(
@@ -415,7 +425,7 @@ def main(
     pools = [_encode(bench.examples(t, "train", source_train_size), i)
              for i, t in enumerate(sources)]  # fmt: skip
     table_gen = TaskPrompts(num_tasks=num_sources, length=prompt_length, embed_dim=dim)
-    teachers = RunGroup(PromptedT5(config, table_gen), per_task(tx))
+    teachers = RunGroup(PromptedT5(config, table_gen), per_task(optimizer(teacher_steps)))
     teachers.start(_stack([fresh(table_gen, next(keys)), fresh(table_gen, next(keys))]),
                    next(keys))  # fmt: skip
     for i in range(teacher_steps):
@@ -432,13 +442,14 @@ def main(
     distill_frozen = {**frozen, "teacher_prompt": teacher_table}
     mpt_gen = MultitaskPrompt(num_tasks=num_sources, length=prompt_length, embed_dim=dim,
                               num_ranks=rank)  # fmt: skip
-    students = {"mpt": RunGroup(PromptedT5(config, mpt_gen), tx, teacher_model)}
+    student_tx = optimizer(source_steps)
+    students = {"mpt": RunGroup(PromptedT5(config, mpt_gen), student_tx, teacher_model)}
     students["mpt"].start(_stack([fresh(mpt_gen, next(keys))] * 2), next(keys),
                           weights=(distill_weight, 0.0))  # fmt: skip
     for c in compositions:
         gen = ComposedPrompt(num_tasks=num_sources, length=prompt_length, embed_dim=dim,
                              composition=c, task_rank=rank)  # fmt: skip
-        students[c] = RunGroup(PromptedT5(config, gen), tx, teacher_model)
+        students[c] = RunGroup(PromptedT5(config, gen), student_tx, teacher_model)
         students[c].start(replicate(fresh(gen, next(keys)), 1), next(keys),
                           weights=(distill_weight,))  # fmt: skip
     for i in range(source_steps):
@@ -497,7 +508,7 @@ def main(
     for name, (gen, methods) in groups.items():
         for m, _ in methods:
             params_per_task[m] = int(count_parameters(gen).per_task)
-        group = RunGroup(PromptedT5(config, gen), tx)
+        group = RunGroup(PromptedT5(config, gen), optimizer(target_steps))
         group.start(_concat([p for _, p in methods]), next(keys))
         target_groups[name] = (group, [m for m, _ in methods])
 
@@ -581,6 +592,7 @@ def main(
             source_steps=source_steps,
             target_steps=target_steps,
             learning_rate=learning_rate,
+            schedule=schedule,
             test_size=test_size,
             compositions=list(compositions),
             distill_weight=distill_weight,
