@@ -77,28 +77,46 @@ def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("kill")
     model_dir, events, sig = str(tmp / "run"), str(tmp / "events"), str(tmp / "signal")
     ckpt_dir = os.path.join(model_dir, CHECKPOINT_SUBDIR)
-    record = {}
+    record, procs = {}, []
 
-    # 1. killed mid-step 5; the reference run is computed meanwhile.
-    proc, log = _start(model_dir, events, "--block-after-step", "5", "--signal", sig)
-    record["reference"] = worker.run(None, num_steps=NUM_STEPS, checkpoint_every=EVERY)
-    record["kill_1"] = _kill_when_signalled(proc, sig, log)
-    record["events_1"] = _events(events)
-    record["after_1"] = (Checkpointer(ckpt_dir).all_steps(), sorted(os.listdir(ckpt_dir)))
+    def start(*extra):
+        proc, log = _start(model_dir, events, *extra)
+        procs.append(proc)
+        return proc, log
 
-    # 2. restarted, killed inside the write of checkpoint 9.
-    proc, log = _start(model_dir, events, "--block-in-checkpoint", "9", "--signal", sig)
-    record["kill_2"] = _kill_when_signalled(proc, sig, log)
-    record["events_2"] = _events(events)
-    record["after_2"] = (Checkpointer(ckpt_dir).all_steps(), sorted(os.listdir(ckpt_dir)))
+    def listing():
+        ckpt = Checkpointer(ckpt_dir)
+        try:
+            return ckpt.all_steps(), sorted(os.listdir(ckpt_dir))
+        finally:
+            ckpt.close()
 
-    # 3. restarted, runs to the end.
-    out = str(tmp / "final.npz")
-    proc, log = _start(model_dir, events, "--out", out)
-    assert proc.wait(timeout=TIMEOUT_S) == 0, open(log.name).read()[-3000:]
-    log.close()
-    record["events_3"] = _events(events)
-    record["final"] = dict(np.load(out))
+    try:
+        # 1. killed mid-step 5; the reference run is computed meanwhile.
+        proc, log = start("--block-after-step", "5", "--signal", sig)
+        record["reference"] = worker.run(None, num_steps=NUM_STEPS, checkpoint_every=EVERY)
+        record["kill_1"] = _kill_when_signalled(proc, sig, log)
+        record["events_1"] = _events(events)
+        record["after_1"] = listing()
+
+        # 2. restarted, killed inside the write of checkpoint 9.
+        proc, log = start("--block-in-checkpoint", "9", "--signal", sig)
+        record["kill_2"] = _kill_when_signalled(proc, sig, log)
+        record["events_2"] = _events(events)
+        record["after_2"] = listing()
+
+        # 3. restarted, runs to the end.
+        out = str(tmp / "final.npz")
+        proc, log = start("--out", out)
+        assert proc.wait(timeout=TIMEOUT_S) == 0, open(log.name).read()[-3000:]
+        log.close()
+        record["events_3"] = _events(events)
+        record["final"] = dict(np.load(out))
+    finally:
+        for proc in procs:  # never leave a parked worker behind when something failed
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     record["ckpt_dir"], record["model_dir"] = ckpt_dir, model_dir
     return record
 
