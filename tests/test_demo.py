@@ -78,11 +78,10 @@ def test_exact_match_equals_greedy_decoding():
     model = PromptedT5(config, SinglePrompt(length=4, embed_dim=config.emb_dim))
     prompt = {"shared": jax.random.uniform(jax.random.PRNGKey(0), (4, config.emb_dim)) - 0.5}
     params = {**backbone, "prompt": prompt}
-    decoded = np.asarray(
-        greedy_decode(
-            model, params, batch["encoder_input_tokens"], batch["task_ids"], max_decode_length=4
-        )  # fmt: skip
+    tokens, _ = greedy_decode(
+        model, params, batch["encoder_input_tokens"], batch["task_ids"], max_decode_length=4
     )
+    decoded = np.asarray(tokens)
     # Rows 0-3 ask for what greedy decoding emits, rows 4-7 for something else.
     targets = decoded.copy()
     targets[4:, 0] = np.where(decoded[4:, 0] == 3 + ord("y"), 3 + ord("n"), 3 + ord("y"))
