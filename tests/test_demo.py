@@ -121,3 +121,26 @@ def test_batches_keep_inputs_and_targets_paired():
     assert runs["encoder_input_tokens"].shape == (4, 8, demo.INPUT_LENGTH)
     for r, task in enumerate(bench.target_tasks):
         _assert_rule(task, {k: v[r] for k, v in runs.items()}, range(8))
+
+
+def test_demo_gin_file_states_the_defaults():
+    import inspect
+    import pathlib
+
+    import gin
+
+    path = pathlib.Path(demo.__file__).parents[2] / "configs" / "runner" / "demo.gin"
+    defaults = inspect.signature(demo.main).parameters
+    with gin.unlock_config():
+        gin.parse_config_file(str(path))
+    try:
+        bound = 0
+        for name, param in defaults.items():
+            if name in ("backbone", "verbose"):
+                continue
+            value = gin.query_parameter(f"mpt_jax.runner.demo.main.{name}")
+            assert value == param.default, name
+            bound += 1
+        assert bound == len(defaults) - 2
+    finally:
+        gin.clear_config()

@@ -38,7 +38,7 @@ The run prints a table (methods × target tasks × shots) and writes ``results.j
 :func:`main` binds)::
 
     mpt_jax.runner.demo.main.seeds = (0, 1, 2, 3)
-    mpt_jax.runner.demo.main.compositions = ("add", "gated")
+    mpt_jax.runner.demo.main.compositions = ()       # MPT variants and baselines only
 """
 
 from __future__ import annotations
@@ -74,8 +74,11 @@ INPUT_LENGTH = 12  # at most 10 symbols + EOS, rounded up
 TARGET_LENGTH = 4  # "yes" + EOS
 
 VANILLA, SPOT, MPT_NO_KD, MPT = "prompt tuning", "SPoT init", "MPT w/o distillation", "MPT"
-#: Compositions that may be added as methods (input-independent, length-preserving).
-EXTRA_COMPOSITIONS = ("add", "weighted", "gated")
+#: Compositions that may be added as methods. They must keep the prompt length, ignore the
+#: input (so prompts can be materialised for scoring) and hold only ``shared``,
+#: ``task_cols``, ``task_rows`` (what ``init_from_source`` builds a target from); ``weighted``
+#: and ``gated`` carry further parameters that the source initialiser does not map yet.
+EXTRA_COMPOSITIONS = ("add",)
 
 #: What ``quick=True`` sets (a smoke run of every stage; its numbers mean little).
 QUICK = dict(
@@ -337,7 +340,7 @@ def main(
       seed: fixes the source stages' random inits and batches.
       prompt_length: ``L`` of every prompt.
       rank: ``r`` of the task factors ``U_k [L, r]``, ``V_k [r, D]``.
-      compositions: extra methods: ``ComposedPrompt`` with these compositions (any of
+      compositions: extra methods: ``ComposedPrompt`` with these compositions (from
         :data:`EXTRA_COMPOSITIONS`), trained with MPT's recipe (rank-r task part,
         distillation, average init).
       teacher_steps / source_steps / target_steps: optimizer steps of each stage.
