@@ -480,4 +480,4 @@ def test_t5x_end_to_end(tmp_path):
     distilled = read_params(str(tmp_path / "source" / "checkpoint_100"), "teacher_prompt")
     np.testing.assert_array_equal(teachers["task_prompts"], distilled["task_prompts"])
     assert (tmp_path / "source" / "peft" / "adapter_model.safetensors").exists()
-    assert list((tmp_path / "infer").glob("*.jsonl"))
+    assert list((tmp_path / "infer").glob("*-predict.jsonl-*-of-*"))  # T5X's shard names
