@@ -1,0 +1,52 @@
+"""Routing is free: mixed-task batches and MPT's task factors cost (almost) nothing.
+
+Two side-by-side comparisons of our prompt-only train step (AdamW), alternating, medians:
+
+- ``mixed`` vs ``single_task``: the same MPT step on a batch whose examples cycle through
+  the 4 tasks, and on a batch where every example has task 0 (same compiled program: the
+  task ids are data, not shapes). Target: within 2%.
+- ``mpt`` vs ``vanilla``: the MPT step (``P ∘ U_k V_k`` gathered per example) and a
+  vanilla prompt-tuning step (``SinglePrompt``: one ``[L, D]`` prompt), same mixed batch.
+  Target: within 2%.
+
+    python -m benchmarks.bench_routing --size mini --reps 10 --json routing.json
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from benchmarks import common
+
+
+def run(size: str = "mini", *, reps: int = 10, warmup: int = 2) -> dict[str, Any]:
+    """Mixed/single-task and MPT/vanilla time ratios (targets: 1 ± 2%)."""
+    w = common.workload(size)
+    mixed_batch = common.make_batch(w)
+    single_batch = common.make_batch(w, task_ids=[0] * w.batch)
+    candidates = {
+        "mpt_mixed": common.prompt_train_stepper(w, "mpt", batch=mixed_batch),
+        "mpt_single_task": common.prompt_train_stepper(w, "mpt", batch=single_batch),
+        "vanilla_mixed": common.prompt_train_stepper(w, "single", batch=mixed_batch),
+    }
+    timings = common.alternate(candidates, reps=reps, warmup=warmup)
+    figures = {f"{k}_ex_per_s": w.batch / t.median for k, t in timings.items()}
+    figures.update({f"{k}_loss": c.loss for k, c in candidates.items()})
+    med = {k: t.median for k, t in timings.items()}
+    ratios = [
+        common.ratio("mixed_over_single_task (time)", med["mpt_mixed"] / med["mpt_single_task"],
+                     1.0, "~"),
+        common.ratio("mpt_over_vanilla (time)", med["mpt_mixed"] / med["vanilla_mixed"], 1.0, "~"),
+    ]  # fmt: skip
+    return common.result(
+        "routing", w, figures, ratios, timings={k: t.summary(w.batch) for k, t in timings.items()}
+    )
+
+
+def main(argv=None) -> dict[str, Any]:
+    args = common.arg_parser(__doc__.splitlines()[0]).parse_args(argv)
+    return common.finish(run(args.size, reps=args.reps, warmup=args.warmup), args.json)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""Each benchmark's code path runs once at the tiny size and reports sane figures.
+
+No timing is asserted (the machine is shared); the tests pin what does not depend on
+the clock: every figure is finite and positive, parameter and optimizer-state counts
+match their formulas, XLA's flop counts order as forward < prompt step < full step,
+and the table/plot writers accept the collected results.
+"""
+
+import math
+import os
+import sys
+
+import numpy as np
+import pytest
+
+# benchmarks/ lives beside the package, not inside it: import it from the checkout.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import (  # noqa: E402
+    bench_compile,
+    bench_decode,
+    bench_distill,
+    bench_limits,
+    bench_memory,
+    bench_peft,
+    bench_routing,
+    common,
+    plot,
+    run_all,
+)
+
+W = common.workload("tiny")
+D = common.get_config("tiny").emb_dim
+# MPT's trainable numbers: shared [L, D] + task_cols [T, L, r] + task_rows [T, r, D].
+MPT_PARAMS = W.prompt_length * D + W.num_tasks * W.prompt_length * W.rank + W.num_tasks * W.rank * D
+
+
+def check_result(res, benchmark):
+    assert res["benchmark"] == benchmark
+    assert res["figures"], "no figures reported"
+    for name, value in res["figures"].items():
+        assert math.isfinite(value) and value > 0, f"{benchmark}: {name} = {value}"
+    for r in res["ratios"]:
+        assert math.isfinite(r["value"]) and r["value"] > 0, f"{benchmark}: {r}"
+        assert r["met"] is None or isinstance(r["met"], bool)
+
+
+@pytest.fixture(scope="module")
+def results():
+    return {}
+
+
+def test_peft(results):
+    res = bench_peft.run("tiny", reps=1, warmup=1)
+    check_result(res, "peft")
+    assert res["figures"]["trainable_params_ours"] == MPT_PARAMS
+    assert res["figures"]["trainable_params_peft"] == MPT_PARAMS
+    assert {r["name"].split(" ")[0] for r in res["ratios"]} == {
+        "speedup_vs_peft_float32",
+        "speedup_vs_peft_bfloat16",
+    }
+    results["peft"] = res
+
+
+def test_limits(results):
+    res = bench_limits.run("tiny", reps=1, warmup=1, matmul_n=128)
+    check_result(res, "limits")
+    f = res["figures"]
+    # The prompt step adds a backward pass without weight gradients: more work than a
+    # forward, less than a full fine-tuning step.
+    assert f["forward_gflop_per_step"] < f["train_gflop_per_step"] < f["full_gflop_per_step"]
+    results["limits"] = res
+
+
+def test_routing(results):
+    res = bench_routing.run("tiny", reps=1, warmup=1)
+    check_result(res, "routing")
+    assert len(res["ratios"]) == 2
+    results["routing"] = res
+
+
+def test_distill(results):
+    res = bench_distill.run("tiny", reps=1, warmup=1)
+    check_result(res, "distill")
+    results["distill"] = res
+
+
+def test_decode(results):
+    res = bench_decode.run("tiny", reps=1, warmup=1)
+    check_result(res, "decode")
+    f = res["figures"]
+    np.testing.assert_allclose(
+        f["with_prompt_tokens_per_s"], f["with_prompt_ex_per_s"] * W.target_length
+    )
+    results["decode"] = res
+
+
+def test_compile(results):
+    res = bench_compile.run(("tiny",), reps=1)
+    check_result(res, "compile")
+    f = res["figures"]
+    np.testing.assert_allclose(
+        f["tiny_total_compile_s"], f["tiny_trace_lower_s"] + f["tiny_xla_compile_s"]
+    )
+    results["compile"] = res
+
+
+def test_memory(results):
+    res = bench_memory.run("tiny", modes=("train", "forward"))
+    check_result(res, "memory")
+    f = res["figures"]
+    assert f["prompt_param_bytes"] == 4 * MPT_PARAMS
+    # AdamW keeps two float32 moments per parameter (plus a step count per leaf group).
+    assert 2 * f["prompt_param_bytes"] <= f["adamw_state_bytes_prompt"]
+    assert f["adamw_state_bytes_prompt"] <= 2 * f["prompt_param_bytes"] + 64
+    assert 2 * f["model_param_bytes"] <= f["adamw_state_bytes_full"]
+    results["memory"] = res
+
+
+def test_table_and_plot(results, tmp_path):
+    assert results, "run the benchmark tests of this module first"
+    combined = {"size": "tiny", "reps": 1, "started": "now", "total_wall_s": 1.0}
+    combined["results"] = results
+    table = plot.markdown(combined)
+    n_ratios = sum(len(r["ratios"]) for r in results.values())
+    n_figures = sum(len(r["figures"]) for r in results.values())
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) == n_ratios + n_figures + 2  # two header rows
+    png = tmp_path / "results.png"
+    plot.plot(combined, str(png))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_run_all_commands():
+    cmd = run_all._command("compile", "mini", 10, 2, "out.json")
+    assert cmd[-4:] == ["--sizes", "mini,small", "--reps", "3"]
+    cmd = run_all._command("peft", "tiny", 1, 1, "out.json")
+    assert cmd[cmd.index("--size") + 1] == "tiny" and cmd[cmd.index("--reps") + 1] == "1"
+    with pytest.raises(ValueError, match="unknown benchmarks"):
+        run_all.run_all("tiny", reps=1, warmup=1, only=("nope",))
