@@ -3,6 +3,9 @@
 import pathlib
 import re
 
+import numpy as np
+from flax import linen as nn
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -32,3 +35,21 @@ def test_ci_runs_exactly_the_readme_test_command():
 
 def test_changelog_has_an_unreleased_section():
     assert "## [Unreleased]" in (ROOT / "CHANGELOG.md").read_text()
+
+
+def test_readme_python_snippets_run():
+    """Every ```python block of the README runs as written."""
+    text = (ROOT / "README.md").read_text()
+    snippets = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert snippets, "the README shows no python snippet"
+    for snippet in snippets:
+        namespace: dict = {}
+        exec(compile(snippet, "README.md", "exec"), namespace)
+    prompt, params = namespace["prompt"], namespace["params"]["params"]
+    # The snippet's prompt is MPT's formula: shared ∘ (U_k V_k) for each example's task.
+    p = {k: np.asarray(v) for k, v in nn.unbox(params).items()}
+    ids = np.array([0, 3, 1, 1])
+    expected = p["shared"][None] * np.einsum(
+        "blr,brd->bld", p["task_cols"][ids], p["task_rows"][ids]
+    )
+    np.testing.assert_allclose(prompt, expected, rtol=1e-5, atol=1e-6)
