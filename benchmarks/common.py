@@ -197,6 +197,12 @@ class JaxStepper:
     def lowered(self):
         return self.step_fn.lower(self.state, self.frozen, self.batch, self.rng)
 
+    def compile(self):
+        """Compile once and run the compiled program from now on (no second compile)."""
+        compiled = self.lowered().compile()
+        self.step_fn = compiled
+        return compiled
+
     @property
     def loss(self) -> float:
         return float(self.metrics["loss"]) if self.metrics else float("nan")
