@@ -129,7 +129,10 @@ def test_demo_gin_file_states_the_defaults():
 
     import gin
 
-    path = pathlib.Path(demo.__file__).parents[2] / "configs" / "runner" / "demo.gin"
+    import mpt_jax.configs
+
+    # The installed gin files (a checkout and an installed package both have them here).
+    path = pathlib.Path(mpt_jax.configs.CONFIG_DIR) / "runner" / "demo.gin"
     defaults = inspect.signature(demo.main).parameters
     with gin.unlock_config():
         gin.parse_config_file(str(path))
