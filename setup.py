@@ -60,6 +60,7 @@ setup(
             "pytest>=8",
             "pytest-xdist>=3.5",
             "hypothesis>=6.100",
+            "psutil>=5.9",  # benchmarks (peak memory), run by the smoke test
             "ruff==0.17.6",  # pinned: formatting (markdown included) changes between releases
             # Reference implementations for parity tests (CPU build, from the local wheel).
             "torch==2.13.0",
