@@ -31,7 +31,11 @@ import os
 import sys
 from collections.abc import Sequence
 
-import gin
+# TensorFlow (seqio's data pipeline) prints INFO/WARNING lines about CUDA and oneDNN at
+# import; keep the command's output readable unless the user asks for them.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import gin  # noqa: E402
 
 JOBS = {
     "train": ("mpt_jax.runner.jobs", "train"),
