@@ -30,7 +30,7 @@ import tensorflow as tf
 
 from mpt_jax.data.task_ids import TASK_IDS_FEATURE, add_task_ids
 
-from . import few_shot, preprocessors
+from . import few_shot, postprocessors, preprocessors
 from .vocab import TASK_VOCABULARY
 
 
@@ -65,6 +65,37 @@ class TaskSpec:
     metric_fns: Sequence[Callable[..., dict]]
     few_shot_label_key: str | None = None
     num_classes: int = 1
+
+    @classmethod
+    def classification(
+        cls,
+        name: str,
+        source: seqio.DataSource,
+        *,
+        prefix: str,
+        fields: Sequence[str],
+        label_names: Sequence[str],
+        metric_fns: Sequence[Callable[..., dict]],
+    ) -> TaskSpec:
+        """A classification task: ``"<prefix> field: … " -> label name``, k-per-class shots.
+
+        Generated text that names no label becomes the explicit invalid label (counted
+        wrong by every metric), never a dropped example.
+        """
+        return cls(
+            name=name,
+            source=source,
+            formatter=functools.partial(
+                preprocessors.classification,
+                prefix=prefix,
+                fields=fields,
+                label_names=label_names,
+            ),
+            postprocess_fn=functools.partial(postprocessors.class_label, label_names=label_names),
+            metric_fns=metric_fns,
+            few_shot_label_key="label",
+            num_classes=len(label_names),
+        )
 
 
 def register(spec: TaskSpec, *, few_shot_ks: Sequence[int] = few_shot.FEW_SHOT_KS) -> None:

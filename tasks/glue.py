@@ -79,21 +79,13 @@ def _source(task: str, config: str, fields, label_dtype=tf.int64) -> BenchmarkSo
 def register_glue() -> None:
     for task, (config, fields, label_names, metric_fns) in GLUE_TASKS.items():
         register(
-            TaskSpec(
-                name=task_name(task),
-                source=_source(task, config, fields),
-                formatter=functools.partial(
-                    preprocessors.classification,
-                    prefix=task,
-                    fields=fields,
-                    label_names=label_names,
-                ),
-                postprocess_fn=functools.partial(
-                    postprocessors.class_label, label_names=label_names
-                ),
+            TaskSpec.classification(
+                task_name(task),
+                _source(task, config, fields),
+                prefix=task,
+                fields=fields,
+                label_names=label_names,
                 metric_fns=metric_fns,
-                few_shot_label_key="label",
-                num_classes=len(label_names),
             )
         )
     register(

@@ -8,9 +8,7 @@ TFDS: its ``test`` split serves as ``validation`` (and ``test``). Metric: accura
 
 from __future__ import annotations
 
-import functools
-
-from . import metrics, postprocessors, preprocessors
+from . import metrics
 from .common import TaskSpec, register
 from .data_sources import BenchmarkSource, heldout_splits, int_spec, string_spec
 
@@ -52,9 +50,9 @@ def register_others() -> None:
         signature = {key: string_spec() for _, key in fields}
         signature["label"] = int_spec()
         register(
-            TaskSpec(
-                name=task_name(task),
-                source=BenchmarkSource(
+            TaskSpec.classification(
+                task_name(task),
+                BenchmarkSource(
                     task_name(task),
                     list(splits),
                     signature,
@@ -65,18 +63,10 @@ def register_others() -> None:
                         train=splits["train"], validation=splits["validation"], small=False
                     ),
                 ),
-                formatter=functools.partial(
-                    preprocessors.classification,
-                    prefix=task,
-                    fields=fields,
-                    label_names=label_names,
-                ),
-                postprocess_fn=functools.partial(
-                    postprocessors.class_label, label_names=label_names
-                ),
+                prefix=task,
+                fields=fields,
+                label_names=label_names,
                 metric_fns=[metrics.accuracy],
-                few_shot_label_key="label",
-                num_classes=len(label_names),
             )
         )
 

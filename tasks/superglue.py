@@ -53,27 +53,19 @@ def _register_classification() -> None:
         signature.update({key: int_spec(tf.int32) for key in int_fields})
         signature.update(label=int_spec(), idx=int_spec(tf.int32))
         register(
-            TaskSpec(
-                name=task_name(task),
-                source=BenchmarkSource(
+            TaskSpec.classification(
+                task_name(task),
+                BenchmarkSource(
                     task_name(task),
                     SPLITS,
                     signature,
                     tfds_name=_tfds_name(config),
                     heldout=heldout_splits(small=task in SMALL_TASKS),
                 ),
-                formatter=functools.partial(
-                    preprocessors.classification,
-                    prefix=task,
-                    fields=fields,
-                    label_names=label_names,
-                ),
-                postprocess_fn=functools.partial(
-                    postprocessors.class_label, label_names=label_names
-                ),
+                prefix=task,
+                fields=fields,
+                label_names=label_names,
                 metric_fns=metric_fns,
-                few_shot_label_key="label",
-                num_classes=len(label_names),
             )
         )
 
