@@ -247,9 +247,7 @@ def train_loop(
                 if window:
                     bar.set_postfix(loss=f"{window[-1]['loss']:.4f}")
             if step % log_every == 0 or step == num_steps:
-                record = (
-                    {k: float(np.mean([w[k] for w in window])) for k in window[0]} if window else {}
-                )
+                record = _window_mean(window)
                 elapsed = time.perf_counter() - t0
                 record.update(
                     skipped_steps=len(skipped),
