@@ -261,3 +261,36 @@ def test_one_hot_embedding_equals_lookup(params):
     np.testing.assert_allclose(
         _logits(CFG.replace(one_hot_embedding=True), params), _logits(CFG, params), atol=1e-5
     )
+
+
+def test_attention_dropout_drops_key_columns_as_t5(monkeypatch):
+    """Dropout scales value rows; the result is T5's column-dropped attention weights."""
+    from mpt_jax.backbone.layers import MultiHeadAttention
+
+    heads, head_dim, rate = 2, 4, 0.4
+    attn = MultiHeadAttention(heads, head_dim, dropout_rate=rate)
+    x = jax.random.normal(jax.random.key(0), (3, 5, 8))
+    bias = jax.random.normal(jax.random.key(1), (3, heads, 5, 5))
+    params = nn.unbox(attn.init(jax.random.key(2), x, x, bias)["params"])
+    draws = []
+    bernoulli = jax.random.bernoulli
+    monkeypatch.setattr(
+        jax.random, "bernoulli", lambda *a, **k: draws.append(bernoulli(*a, **k)) or draws[-1]
+    )
+    out = attn.apply({"params": params}, x, x, bias, deterministic=False,
+                     rngs={"dropout": jax.random.key(3)})  # fmt: skip
+    (keep,) = draws
+    assert keep.shape == (3, heads, 1, 5)  # one draw per key column, shared by queries
+    assert 0 < np.asarray(keep).mean() < 1
+
+    p = {k: np.asarray(v["kernel"], np.float64) for k, v in params.items()}
+    xs = np.asarray(x, np.float64)
+    split = lambda w: w.reshape(8, heads, head_dim)
+    q, k, v = (np.einsum("bse,ehd->bhsd", xs, split(p[n])) for n in ("query", "key", "value"))
+    logits = np.einsum("bhqd,bhkd->bhqk", q, k) + np.asarray(bias, np.float64)
+    weights = np.exp(logits - logits.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    weights = np.where(np.asarray(keep), weights / (1 - rate), 0.0)
+    ctx = np.einsum("bhqk,bhkd->bhqd", weights, v)
+    expected = np.einsum("bhqd,hde->bqe", ctx, p["out"].reshape(heads, head_dim, 8))
+    np.testing.assert_allclose(np.asarray(out), expected, rtol=1e-5, atol=1e-5)

@@ -293,13 +293,18 @@ class MultiHeadAttention(nn.Module):
             logits = logits + bias
         weights = jax.nn.softmax(logits, axis=-1)
         if not deterministic and self.dropout_rate > 0.0:
-            # T5 drops whole key columns per query length ("broadcast over queries").
+            # T5 drops whole key columns, the same for every query: `[batch, heads, 1,
+            # kv_len]`. Dropping column k of the weights equals dropping row k of the
+            # values, so the mask scales `v` `[batch, heads, kv_len, head_dim]` instead:
+            # the same result, without a masked copy of the `[.., q_len, kv_len]` weights
+            # (which the backward pass would also have to read).
             keep = jax.random.bernoulli(
                 self.make_rng("dropout"),
                 1.0 - self.dropout_rate,
                 weights.shape[:-2] + (1, weights.shape[-1]),
             )
-            weights = jnp.where(keep, weights / (1.0 - self.dropout_rate), 0.0)
+            keep = jnp.swapaxes(keep, -1, -2)  # [batch, heads, kv_len, 1]
+            v = jnp.where(keep, v / (1.0 - self.dropout_rate), 0.0)
         out = matmul("bhqk,bhkd->bhqd", weights, v, self.dtype)
         # [batch, heads, q_len, head_dim] x [heads, head_dim, embed] -> [batch, q_len, embed]
         return matmul("bhqd,hde->bqe", out, wo.reshape(self.num_heads, self.head_dim, embed),
