@@ -133,3 +133,19 @@ def test_evaluate_is_called_periodically_and_at_the_end(setup):
     assert calls == [2, 4]
     want = float(np.linalg.norm(result.state.params["shared"]))
     assert result.eval[-1]["shared_norm"] == pytest.approx(want)
+
+
+def test_dropout_rng_impl_is_a_choice_and_reproducible(setup, tmp_path):
+    """XLA's RngBitGenerator (T5X's hardware RNG) trains reproducibly, with its own draws."""
+    prompts = {}
+    for name, impl in (("rbg_a", "unsafe_rbg"), ("rbg_b", "unsafe_rbg"), ("tf", "threefry2x32")):
+        result = run(setup, str(tmp_path / name), 3, dropout_rng_impl=impl)
+        prompts[name] = jax.tree.leaves(result.state.params)
+    for a, b in zip(prompts["rbg_a"], prompts["rbg_b"], strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert any(
+        not np.array_equal(np.asarray(a), np.asarray(b))
+        for a, b in zip(prompts["rbg_a"], prompts["tf"], strict=True)
+    )
+    with pytest.raises(ValueError, match="'philox'"):
+        run(setup, None, 1, dropout_rng_impl="philox")

@@ -81,6 +81,10 @@ def _task_names_check(saved: Sequence[str], current: Sequence[str], directory: s
     )
 
 
+#: PRNG implementations the dropout key may use (``jax.random.key(..., impl=...)``).
+DROPOUT_RNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
+
+
 @functools.lru_cache(maxsize=8)
 def _compiled_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, mesh):
     """One jitted step per (objective, optimizer, mesh): a second loop over the same
@@ -146,6 +150,7 @@ def train_loop(
     progress_bar: bool = True,
     resume: bool = True,
     extra_meta: Mapping[str, Any] | None = None,
+    dropout_rng_impl: str = "threefry2x32",
 ) -> LoopResult:
     """Train ``prompt_params`` for ``num_steps`` steps (in total, counting resumed ones).
 
@@ -172,7 +177,17 @@ def train_loop(
       progress_bar: show a tqdm bar.
       resume: restore the latest checkpoint in ``model_dir`` when there is one.
       extra_meta: JSON-able facts stored with each checkpoint (stage, prompt config, …).
+      dropout_rng_impl: the PRNG of the dropout key, one of ``DROPOUT_RNG_IMPLS``:
+        ``"threefry2x32"`` (JAX's default: the same draws on every backend and
+        sharding) or ``"rbg"``/``"unsafe_rbg"`` (XLA's RngBitGenerator, what T5X's
+        ``use_hardware_rng`` selects: one op per draw instead of a threefry loop, so the
+        train step compiles faster — mini 6.0 s -> 3.9 s on 2 CPU cores — at equal
+        speed). Draws differ between implementations; a resumed run must keep its own.
     """
+    if dropout_rng_impl not in DROPOUT_RNG_IMPLS:
+        raise ValueError(
+            f"dropout_rng_impl must be one of {DROPOUT_RNG_IMPLS}, got {dropout_rng_impl!r}"
+        )
     if on_nonfinite not in NONFINITE_POLICIES:
         raise ValueError(f"on_nonfinite must be one of {NONFINITE_POLICIES}, got {on_nonfinite!r}")
     for name, value in (("num_steps", num_steps), ("log_every", log_every)):
@@ -201,7 +216,7 @@ def train_loop(
 
     state = mesh_lib.replicate(state, mesh)
     frozen = mesh_lib.replicate(frozen, mesh)
-    rng = mesh_lib.replicate(jax.random.key(seed), mesh)
+    rng = mesh_lib.replicate(jax.random.key(seed, impl=dropout_rng_impl), mesh)
     step_fn = _compiled_train_step(loss_fn, tx, mesh)
     writer = MetricsWriter(model_dir)
     meta_kwargs = {"task_names": task_names, "backbone": backbone, "extra": extra_meta}
