@@ -1,10 +1,18 @@
-"""Compile time of our prompt-only train step, per size.
+"""Compile time of our prompt-only train step, per size: cold, hardware RNG, warm cache.
 
-For each size, a fresh ``training.make_train_step`` (so nothing is cached from an
-earlier trace) is traced and lowered (``jit(...).lower``) and then compiled by XLA
-(``.compile()``); both phases are timed separately, ``reps`` times, medians. No
-persistent compilation cache is used. Target: the whole compile (trace + lower + XLA)
-of ``small`` within 5 s on CPU.
+For each size, a fresh ``training.make_train_step`` (and ``jax.clear_caches()``, so
+nothing is reused from an earlier trace) is traced and lowered (``jit(...).lower``) and
+then compiled by XLA (``.compile()``); both phases are timed separately, ``reps`` times,
+medians. Three ways:
+
+- ``cold``: JAX's defaults, no persistent cache — the first run on a machine;
+- ``cold_rbg``: the dropout key from XLA's RngBitGenerator
+  (``train_loop.dropout_rng_impl = "unsafe_rbg"``, T5X's ``use_hardware_rng``): each
+  dropout draw is one op instead of a threefry loop, which XLA compiles much faster;
+- ``warm``: JAX's persistent compilation cache (on by default in ``mpt-jax``; here a
+  temporary folder filled by one compile first) — every later run of the same step.
+
+Target: the whole compile (trace + lower + XLA) of ``small`` within 5 s on CPU.
 
     python -m benchmarks.bench_compile --sizes mini,small --reps 3 --json compile.json
 """
@@ -12,25 +20,30 @@ of ``small`` within 5 s on CPU.
 from __future__ import annotations
 
 import statistics
+import tempfile
 import time
 from typing import Any
 
 import jax
+from jax._src import compilation_cache as jax_cache
 
 from benchmarks import common
-from mpt_jax import training
+from mpt_jax import compile_cache, training
 
 #: Target for the whole compile of the ``small`` train step on CPU (seconds).
 SMALL_TARGET_S = 5.0
+#: The ways a compile is timed (see the module docstring).
+MODES = ("cold", "cold_rbg", "warm")
 
 
-def compile_once(w: common.Workload, model, params, batch) -> tuple[float, float]:
+def compile_once(model, params, batch, rng_impl: str = "threefry2x32") -> tuple[float, float]:
     """Seconds to trace+lower and to XLA-compile a fresh train step."""
+    jax.clear_caches()
     prompt, backbone = training.split_params(params)
     tx = common.make_tx("adamw")
     state = training.TrainState.create(prompt, tx)
     step = training.make_train_step(training.task_loss_fn(model), tx)
-    rng = jax.random.key(0)
+    rng = jax.random.key(0, impl=rng_impl)
     start = time.perf_counter()
     lowered = step.lower(state, {"backbone": backbone}, batch, rng)
     mid = time.perf_counter()
@@ -38,8 +51,13 @@ def compile_once(w: common.Workload, model, params, batch) -> tuple[float, float
     return mid - start, time.perf_counter() - mid
 
 
+def _set_cache(directory: str | None) -> None:
+    jax.config.update("jax_compilation_cache_dir", directory)
+    jax_cache.reset_cache()
+
+
 def run(sizes: tuple[str, ...] = ("mini",), *, reps: int = 3) -> dict[str, Any]:
-    """Trace+lower and XLA compile seconds of the train step for each size."""
+    """Trace+lower and XLA compile seconds of the train step, per size and mode."""
     if reps < 1:
         raise ValueError(f"reps must be >= 1, got {reps}")
     figures: dict[str, float] = {}
@@ -48,18 +66,27 @@ def run(sizes: tuple[str, ...] = ("mini",), *, reps: int = 3) -> dict[str, Any]:
         w = common.workload(size)
         model, params = common.init_model(w, "mpt")
         batch = common.device_batch(common.make_batch(w))
-        runs = [compile_once(w, model, params, batch) for _ in range(reps)]
-        lower = statistics.median(r[0] for r in runs)
-        xla = statistics.median(r[1] for r in runs)
-        figures[f"{size}_trace_lower_s"] = lower
-        figures[f"{size}_xla_compile_s"] = xla
-        figures[f"{size}_total_compile_s"] = statistics.median(r[0] + r[1] for r in runs)
+        runs: dict[str, list[tuple[float, float]]] = {}
+        _set_cache(None)
+        runs["cold"] = [compile_once(model, params, batch) for _ in range(reps)]
+        runs["cold_rbg"] = [compile_once(model, params, batch, "unsafe_rbg") for _ in range(reps)]
+        with tempfile.TemporaryDirectory() as cache_dir:
+            compile_cache.enable(cache_dir)
+            jax_cache.reset_cache()
+            compile_once(model, params, batch)  # fills the cache
+            runs["warm"] = [compile_once(model, params, batch) for _ in range(reps)]
+            _set_cache(None)
+        for mode in MODES:
+            prefix = size if mode == "cold" else f"{size}_{mode}"
+            figures[f"{prefix}_trace_lower_s"] = statistics.median(r[0] for r in runs[mode])
+            figures[f"{prefix}_xla_compile_s"] = statistics.median(r[1] for r in runs[mode])
+            figures[f"{prefix}_total_compile_s"] = statistics.median(sum(r) for r in runs[mode])
         if size == "small":
-            ratios.append(
-                common.ratio(
-                    "small_total_compile_s", figures["small_total_compile_s"], SMALL_TARGET_S
+            for mode in MODES:
+                name = (
+                    "small_total_compile_s" if mode == "cold" else f"small_{mode}_total_compile_s"
                 )
-            )
+                ratios.append(common.ratio(name, figures[name], SMALL_TARGET_S))
     return common.result("compile", common.workload(sizes[0]), figures, ratios, sizes=list(sizes))
 
 

@@ -16,7 +16,10 @@ Flags:
 - ``--gin.NAME=VALUE`` (repeatable): one binding ``NAME = VALUE`` (VALUE in gin syntax:
   strings in quotes);
 - ``--gin_bindings`` (repeatable): a binding in ``NAME = VALUE`` form (T5X's other way);
-- ``--gin_search_paths`` (repeatable, comma-separated lists allowed).
+- ``--gin_search_paths`` (repeatable, comma-separated lists allowed);
+- ``--compilation_cache_dir``: JAX's persistent compilation cache (default
+  ``$MPT_JAX_COMPILATION_CACHE_DIR``, else ``~/.cache/mpt_jax/xla``; empty: off), so a
+  later run of the same step loads it instead of compiling again.
 
 A binding of something that does not exist is an error naming it (gin's message), and
 the command exits with status 2 before any work starts.
@@ -85,6 +88,12 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     )
     parser.add_argument(
         "--gin_search_paths", action="append", default=[], help="folders gin files are found in"
+    )
+    parser.add_argument(
+        "--compilation_cache_dir",
+        default=None,
+        help="JAX's persistent compilation cache (default $MPT_JAX_COMPILATION_CACHE_DIR, "
+        "else ~/.cache/mpt_jax/xla; empty: off)",
     )
     args = parser.parse_args(rest)
     return args, [*args.gin_bindings, *bindings]
@@ -158,6 +167,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, KeyError, TypeError, SyntaxError) as e:  # how gin reports errors
         print(f"mpt-jax: gin configuration error: {e}", file=sys.stderr)
         return 2
+    from mpt_jax import compile_cache
+
+    cache_dir = args.compilation_cache_dir
+    cache = compile_cache.enable(compile_cache.default_dir() if cache_dir is None else cache_dir)
+    logging.getLogger("mpt_jax").info("compilation cache: %s", cache or "off")
     getattr(module, fn_name)()
     return 0
 

@@ -10,6 +10,7 @@ import math
 import os
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -99,9 +100,13 @@ def test_compile(results):
     res = bench_compile.run(("tiny",), reps=1)
     check_result(res, "compile")
     f = res["figures"]
-    np.testing.assert_allclose(
-        f["tiny_total_compile_s"], f["tiny_trace_lower_s"] + f["tiny_xla_compile_s"]
-    )
+    for prefix in ("tiny", "tiny_cold_rbg", "tiny_warm"):
+        np.testing.assert_allclose(
+            f[f"{prefix}_total_compile_s"],
+            f[f"{prefix}_trace_lower_s"] + f[f"{prefix}_xla_compile_s"],
+        )
+    # The warm mode ran with a cache that was switched off again afterwards.
+    assert not jax.config.jax_compilation_cache_dir
     results["compile"] = res
 
 
