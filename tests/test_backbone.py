@@ -294,3 +294,16 @@ def test_attention_dropout_drops_key_columns_as_t5(monkeypatch):
     ctx = np.einsum("bhqk,bhkd->bhqd", weights, v)
     expected = np.einsum("bhqd,hde->bqe", ctx, p["out"].reshape(heads, head_dim, 8))
     np.testing.assert_allclose(np.asarray(out), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_softmax_and_its_gradient_equal_jax_nn_softmax():
+    from mpt_jax.backbone.layers import MASK_BIAS, softmax
+
+    x = jax.random.normal(jax.random.key(0), (2, 3, 5, 7)) * 4
+    x = x.at[0, 0, 1].set(MASK_BIAS)  # a fully masked row, as a padded query gets
+    x = x.at[1, 2, :, 3].add(MASK_BIAS)  # a masked key
+    cot = jax.random.normal(jax.random.key(1), x.shape)
+    np.testing.assert_allclose(softmax(x), jax.nn.softmax(x, axis=-1), rtol=1e-6, atol=1e-7)
+    ours = jax.grad(lambda x: jnp.sum(softmax(x) * cot))(x)
+    ref = jax.grad(lambda x: jnp.sum(jax.nn.softmax(x, axis=-1) * cot))(x)
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-6)

