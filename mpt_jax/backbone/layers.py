@@ -65,6 +65,68 @@ def _softmax_bwd(w: Array, g: Array) -> tuple[Array]:
 softmax.defvjp(_softmax_fwd, _softmax_bwd)
 
 
+def attention_core(
+    q: Array, k: Array, v: Array, bias: Array | None, dtype: jnp.dtype = jnp.float32
+) -> Array:
+    """`softmax(q kᵀ + bias) v`, head-major, with a hand-written backward pass.
+
+    Args:
+      q: `[batch, heads, q_len, head_dim]` queries.
+      k, v: `[batch, heads, kv_len, head_dim]` keys and values.
+      bias: additive bias broadcastable to `[batch, heads, q_len, kv_len]`, or None.
+      dtype: dtype of the matmul operands (results are float32).
+
+    Returns:
+      `[batch, heads, q_len, head_dim]` float32.
+
+    The backward pass saves the attention weights `w` and forms the four gradient
+    products as plain head-major einsums (`dv = wᵀg`, `dw = g vᵀ`, `ds = w (dw - Σ dw·w)`,
+    `dq = ds k`, `dk = dsᵀ q`); autodiff's transposed forms ran partly outside XLA's
+    fast matmul path on CPU. Measured side by side on 2 CPU cores: mini's train step
+    4% + 4% faster (the einsums, then the transposes below); small's train step went
+    from 2.22 to 2.12 forward passes.
+    """
+    if bias is None:
+        bias = jnp.zeros((1, 1, 1, 1), jnp.float32)
+    return _attention_core(q, k, v, bias, jnp.dtype(dtype).name)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _attention_core(q: Array, k: Array, v: Array, bias: Array, dtype: str) -> Array:
+    return _attention_core_fwd(q, k, v, bias, dtype)[0]
+
+
+def _attention_core_fwd(q, k, v, bias, dtype):
+    logits = matmul("bhqd,bhkd->bhqk", q, k, dtype) + bias
+    w = _softmax_fwd(logits)[0]
+    return matmul("bhqk,bhkd->bhqd", w, v, dtype), (q, k, v, bias, w)
+
+
+def _attention_core_bwd(dtype, residuals, g):
+    q, k, v, bias, w = residuals
+    # `dv` and `dk` contract over queries; with the [q, kv] matrix transposed first the
+    # contraction is over its last axis, the layout XLA's fast CPU matmuls take (the
+    # transposed form fell back to a slower generic dot: 3-4% of mini's step).
+    dv = matmul("bhkq,bhqd->bhkd", jnp.swapaxes(w, -1, -2), g, dtype)
+    dw = matmul("bhqd,bhkd->bhqk", g, v, dtype)
+    ds = w * (dw - jnp.sum(dw * w, axis=-1, keepdims=True))
+    dq = matmul("bhqk,bhkd->bhqd", ds, k, dtype)
+    dk = matmul("bhkq,bhqd->bhkd", jnp.swapaxes(ds, -1, -2), q, dtype)
+    return dq, dk, dv, _sum_to_shape(ds, bias.shape).astype(bias.dtype)
+
+
+_attention_core.defvjp(_attention_core_fwd, _attention_core_bwd)
+
+
+def _sum_to_shape(x: Array, shape: tuple[int, ...]) -> Array:
+    """`x` summed over the axes along which an array of `shape` was broadcast to it."""
+    lead = x.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(
+        lead + i for i, n in enumerate(shape) if n == 1 and x.shape[lead + i] != 1
+    )
+    return jnp.sum(x, axis=axes, keepdims=True).reshape(shape) if axes else x
+
+
 # ---------------------------------------------------------------------------
 # Masks
 # ---------------------------------------------------------------------------
@@ -312,11 +374,6 @@ class MultiHeadAttention(nn.Module):
             if decode:
                 q, k, v, bias = self._use_cache(q, k, v, bias)
 
-        # [batch, heads, q_len, kv_len]
-        logits = matmul("bhqd,bhkd->bhqk", q, k, self.dtype)
-        if bias is not None:
-            logits = logits + bias
-        weights = softmax(logits)
         if not deterministic and self.dropout_rate > 0.0:
             # T5 drops whole key columns, the same for every query: `[batch, heads, 1,
             # kv_len]`. Dropping column k of the weights equals dropping row k of the
@@ -326,11 +383,11 @@ class MultiHeadAttention(nn.Module):
             keep = jax.random.bernoulli(
                 self.make_rng("dropout"),
                 1.0 - self.dropout_rate,
-                weights.shape[:-2] + (1, weights.shape[-1]),
+                jnp.broadcast_shapes(q.shape[:2], k.shape[:2]) + (1, k.shape[2]),
             )
             keep = jnp.swapaxes(keep, -1, -2)  # [batch, heads, kv_len, 1]
             v = jnp.where(keep, v / (1.0 - self.dropout_rate), 0.0)
-        out = matmul("bhqk,bhkd->bhqd", weights, v, self.dtype)
+        out = attention_core(q, k, v, bias, self.dtype)
         # [batch, heads, q_len, head_dim] x [heads, head_dim, embed] -> [batch, q_len, embed]
         return matmul("bhqd,hde->bqe", out, wo.reshape(self.num_heads, self.head_dim, embed),
                       self.dtype)  # fmt: skip
