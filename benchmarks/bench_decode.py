@@ -56,7 +56,7 @@ def run(size: str = "mini", *, reps: int = 10, warmup: int = 2) -> dict[str, Any
     ratios = [
         common.ratio(
             "with_over_without_prompt (time)",
-            timings["with_prompt"].median / timings["without_prompt"].median,
+            common.paired_ratio(timings["with_prompt"], timings["without_prompt"]),
         )
     ]
     return common.result(

@@ -42,7 +42,9 @@ def run(size: str = "mini", *, reps: int = 10, warmup: int = 2) -> dict[str, Any
     figures.update({f"{k}_loss": c.loss for k, c in candidates.items()})
     ratios = [
         common.ratio(
-            "distill_over_plain (time)", timings["distill"].median / timings["plain"].median, 1.5
+            "distill_over_plain (time)",
+            common.paired_ratio(timings["distill"], timings["plain"]),
+            1.5,
         )
     ]
     return common.result(

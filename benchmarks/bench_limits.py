@@ -89,10 +89,14 @@ def run(size: str = "mini", *, reps: int = 10, warmup: int = 2, matmul_n: int | 
     figures["train_loss"] = train.loss
     ratios = [
         common.ratio(
-            "train_over_forward (time)", timings["train"].median / timings["forward"].median, 2.2
+            "train_over_forward (time)",
+            common.paired_ratio(timings["train"], timings["forward"]),
+            2.2,
         ),
         common.ratio(
-            "train_over_full_finetune (time)", timings["train"].median / timings["full"].median, 0.5
+            "train_over_full_finetune (time)",
+            common.paired_ratio(timings["train"], timings["full"]),
+            0.5,
         ),
         common.ratio("train_flops_over_forward_flops", flops["train"] / flops["forward"]),
         common.ratio("train_flops_over_full_flops", flops["train"] / flops["full"]),

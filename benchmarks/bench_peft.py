@@ -146,7 +146,7 @@ def run(
         ratios.append(
             common.ratio(
                 f"speedup_vs_peft_{dtype} (ours ex/s / PEFT ex/s)",
-                peft_t.median / ours_t.median,
+                common.paired_ratio(peft_t, ours_t),
                 1.0,
                 ">=",
             )

@@ -32,11 +32,12 @@ def run(size: str = "mini", *, reps: int = 10, warmup: int = 2) -> dict[str, Any
     timings = common.alternate(candidates, reps=reps, warmup=warmup)
     figures = {f"{k}_ex_per_s": w.batch / t.median for k, t in timings.items()}
     figures.update({f"{k}_loss": c.loss for k, c in candidates.items()})
-    med = {k: t.median for k, t in timings.items()}
+    t = timings
     ratios = [
-        common.ratio("mixed_over_single_task (time)", med["mpt_mixed"] / med["mpt_single_task"],
-                     1.0, "~"),
-        common.ratio("mpt_over_vanilla (time)", med["mpt_mixed"] / med["vanilla_mixed"], 1.0, "~"),
+        common.ratio("mixed_over_single_task (time)",
+                     common.paired_ratio(t["mpt_mixed"], t["mpt_single_task"]), 1.0, "~"),
+        common.ratio("mpt_over_vanilla (time)",
+                     common.paired_ratio(t["mpt_mixed"], t["vanilla_mixed"]), 1.0, "~"),
     ]  # fmt: skip
     return common.result(
         "routing", w, figures, ratios, timings={k: t.summary(w.batch) for k, t in timings.items()}

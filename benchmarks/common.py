@@ -10,7 +10,9 @@ Timing method (see ``benchmarks/README.md``):
 - every candidate runs ``warmup`` untimed calls first (compilation, allocator warm-up);
 - then ``reps`` rounds; in each round every candidate runs once, in a fixed order
   (A B A B …), so slow drifts of a shared machine hit all candidates alike;
-- a candidate's figure is the **median** of its rounds; the spread (min, max) is kept.
+- a candidate's figure is the **median** of its rounds; the spread (min, max) is kept;
+- a ratio of two candidates is the median of their per-round quotients
+  (:func:`paired_ratio`): both ran back to back in each round.
 
 A candidate is a zero-argument callable that runs one step and waits for its result
 (``jax.block_until_ready`` / a host read of the torch loss), so the clock sees the
@@ -288,6 +290,18 @@ def alternate(
             fn()
             times[name].append(time.perf_counter() - start)
     return {name: Timing(t) for name, t in times.items()}
+
+
+def paired_ratio(a: Timing, b: Timing) -> float:
+    """Median over rounds of ``a``'s time over ``b``'s time in the same round.
+
+    Both ran back to back in every round, so a slow spell of a shared machine scales
+    both sides of each quotient; the median of the per-round quotients is steadier than
+    the quotient of the two medians.
+    """
+    if len(a.seconds) != len(b.seconds):
+        raise ValueError(f"unpaired timings: {len(a.seconds)} vs {len(b.seconds)} rounds")
+    return statistics.median(x / y for x, y in zip(a.seconds, b.seconds, strict=True))
 
 
 def matmul_gflops(n: int = 2048, *, reps: int = 5, dtype=jnp.float32) -> float:

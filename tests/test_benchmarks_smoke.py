@@ -141,5 +141,16 @@ def test_run_all_commands():
     assert cmd[-4:] == ["--sizes", "mini,small", "--reps", "3"]
     cmd = run_all._command("peft", "tiny", 1, 1, "out.json")
     assert cmd[cmd.index("--size") + 1] == "tiny" and cmd[cmd.index("--reps") + 1] == "1"
+    cmd = run_all._command("limits_small", "mini", 10, 2, "out.json")
+    assert "benchmarks.bench_limits" in cmd and cmd[cmd.index("--size") + 1] == "small"
+    assert cmd[cmd.index("--reps") + 1] == "6"
+
+
+def test_paired_ratio_is_the_median_of_per_round_quotients():
+    a = common.Timing([2.0, 4.0, 9.0])
+    b = common.Timing([1.0, 1.0, 3.0])
+    assert common.paired_ratio(a, b) == 3.0  # quotients 2, 4, 3
+    with pytest.raises(ValueError, match="3 vs 2"):
+        common.paired_ratio(a, common.Timing([1.0, 1.0]))
     with pytest.raises(ValueError, match="unknown benchmarks"):
         run_all.run_all("tiny", reps=1, warmup=1, only=("nope",))
