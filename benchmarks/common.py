@@ -8,8 +8,9 @@ T5 1.1 ``mini`` or ``small`` (vocabulary 32128), batch 8, 128 encoder tokens plu
 Timing method (see ``benchmarks/README.md``):
 
 - every candidate runs ``warmup`` untimed calls first (compilation, allocator warm-up);
-- then ``reps`` rounds; in each round every candidate runs once, in a fixed order
-  (A B A B …), so slow drifts of a shared machine hit all candidates alike;
+- then ``reps`` rounds; in each round every candidate runs once (A B C, then B C A,
+  C A B, …: the order rotates), so slow drifts of a shared machine hit all candidates
+  alike and none always runs first;
 - a candidate's figure is the **median** of its rounds; the spread (min, max) is kept;
 - a ratio of two candidates is the median of their per-round quotients
   (:func:`paired_ratio`): both ran back to back in each round.
@@ -265,7 +266,7 @@ class Timing:
 def alternate(
     candidates: Mapping[str, Callable[[], Any]], *, reps: int, warmup: int = 2
 ) -> dict[str, Timing]:
-    """Time candidates side by side: warm-up, then ``reps`` rounds of A B A B ….
+    """Time candidates side by side: warm-up, then ``reps`` rounds (the order rotates).
 
     Args:
       candidates: name -> zero-argument callable that runs one step to completion.
@@ -284,10 +285,13 @@ def alternate(
         for _ in range(warmup):
             fn()
     times: dict[str, list[float]] = {name: [] for name in candidates}
-    for _ in range(reps):
-        for name, fn in candidates.items():
+    names = list(candidates)
+    for r in range(reps):
+        # Rotate the order (A B C, B C A, C A B, …) so no candidate always runs first
+        # after the previous round's last one.
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             start = time.perf_counter()
-            fn()
+            candidates[name]()
             times[name].append(time.perf_counter() - start)
     return {name: Timing(t) for name, t in times.items()}
 

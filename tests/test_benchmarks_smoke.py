@@ -76,7 +76,10 @@ def test_limits(results):
 def test_routing(results):
     res = bench_routing.run("tiny", reps=1, warmup=1)
     check_result(res, "routing")
-    assert len(res["ratios"]) == 2
+    assert len(res["ratios"]) == 3
+    # Identical twins compute identical losses: the control runs the same step.
+    f = res["figures"]
+    assert f["mpt_mixed_twin_loss"] == f["mpt_mixed_loss"]
     results["routing"] = res
 
 

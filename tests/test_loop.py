@@ -149,3 +149,6 @@ def test_dropout_rng_impl_is_a_choice_and_reproducible(setup, tmp_path):
     )
     with pytest.raises(ValueError, match="'philox'"):
         run(setup, None, 1, dropout_rng_impl="philox")
+    # The saved run drew with unsafe_rbg: resuming it with threefry is refused, by name.
+    with pytest.raises(ValueError, match="'unsafe_rbg'.*'threefry2x32'"):
+        run(setup, str(tmp_path / "rbg_a"), 5, dropout_rng_impl="threefry2x32")

@@ -208,7 +208,15 @@ def train_loop(
         )
     position = 0
     if ckpt is not None and resume and ckpt.latest_step() is not None:
-        _task_names_check(ckpt.restore_meta()["task_names"], task_names, ckpt.directory)
+        saved_meta = ckpt.restore_meta()
+        _task_names_check(saved_meta["task_names"], task_names, ckpt.directory)
+        saved_impl = saved_meta["extra"].get("dropout_rng_impl", "threefry2x32")
+        if saved_impl != dropout_rng_impl:
+            raise ValueError(
+                f"the run in {ckpt.directory} drew dropout with dropout_rng_impl="
+                f"{saved_impl!r}; resuming it with {dropout_rng_impl!r} would change its "
+                "draws (bind train_loop.dropout_rng_impl to the saved one)"
+            )
         state, meta = ckpt.restore(state)
         position = int(meta["data_position"])
         log.info("resumed from %s at step %d", ckpt.directory, int(state.step))
@@ -219,7 +227,8 @@ def train_loop(
     rng = mesh_lib.replicate(jax.random.key(seed, impl=dropout_rng_impl), mesh)
     step_fn = _compiled_train_step(loss_fn, tx, mesh)
     writer = MetricsWriter(model_dir)
-    meta_kwargs = {"task_names": task_names, "backbone": backbone, "extra": extra_meta}
+    extra = {**(extra_meta or {}), "dropout_rng_impl": dropout_rng_impl}
+    meta_kwargs = {"task_names": task_names, "backbone": backbone, "extra": extra}
 
     def run_eval(step: int) -> None:
         if evaluate is None:
