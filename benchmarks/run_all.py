@@ -7,7 +7,8 @@ it (the markdown table, see :func:`benchmarks.plot.markdown`) and
 ``benchmarks/results.png``. Each benchmark runs in a fresh subprocess so one does not
 inherit another's heap, threads or compiled programs. ``compile`` measures ``mini`` and
 ``small`` whenever ``--size`` is not ``tiny``, and ``limits_small`` repeats ``limits`` at
-``small``.
+``small``. ``bench_t5x`` needs T5X, Flaxformer and prompt-tuning, which are not on
+PyPI: run it where they are installed and add its JSON here with ``--merge``.
 """
 
 from __future__ import annotations
@@ -80,11 +81,24 @@ def main(argv=None) -> dict[str, Any]:
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--only", default=",".join(BENCHMARKS), help="comma-separated subset")
+    p.add_argument(
+        "--merge",
+        action="append",
+        default=[],
+        help="a result JSON of a benchmark run elsewhere (e.g. bench_t5x in a venv with "
+        "T5X) to add to the table (repeatable)",
+    )
     p.add_argument("--json", default="results.json", help="combined results file")
     p.add_argument("--png", default=os.path.join(os.path.dirname(__file__), "results.png"))
     args = p.parse_args(argv)
     combined = run_all(args.size, reps=args.reps, warmup=args.warmup,
                        only=tuple(args.only.split(",")))  # fmt: skip
+    for path in args.merge:
+        with open(path) as f:
+            res = json.load(f)
+        if res.get("benchmark") in combined["results"]:
+            raise ValueError(f"--merge {path}: benchmark {res.get('benchmark')!r} already ran")
+        combined["results"][res["benchmark"]] = res
     with open(args.json, "w") as f:
         json.dump(combined, f, indent=2)
     table = plot.markdown(combined)

@@ -157,3 +157,18 @@ def test_paired_ratio_is_the_median_of_per_round_quotients():
         common.paired_ratio(a, common.Timing([1.0, 1.0]))
     with pytest.raises(ValueError, match="unknown benchmarks"):
         run_all.run_all("tiny", reps=1, warmup=1, only=("nope",))
+
+
+def test_t5x_benchmark_skips_cleanly_without_t5x(capsys):
+    """T5X is not on PyPI: here the benchmark says what is missing and writes nothing."""
+    from benchmarks import bench_t5x
+
+    missing = bench_t5x.missing_packages()
+    if not missing:
+        pytest.skip("T5X, Flaxformer and prompt-tuning are installed here")
+    assert bench_t5x.main(["--size", "tiny"]) is None
+    assert "skipped, not installed here: " + ", ".join(missing) in capsys.readouterr().err
+    text = bench_t5x.t5x_config(common.workload("mini"))
+    for binding in ("EMBED_DIM = 256", "NUM_ENCODER_LAYERS = 4", "PROMPT_LENGTH = 100",
+                    "seqio.PassThroughVocabulary.size = 32128"):  # fmt: skip
+        assert binding in text
