@@ -34,8 +34,7 @@ def run(size: str = "mini", *, reps: int = 10, warmup: int = 2) -> dict[str, Any
         "mpt_mixed_twin": common.prompt_train_stepper(w, "mpt", batch=mixed_batch),
     }
     timings = common.alternate(candidates, reps=reps, warmup=warmup)
-    figures = {f"{k}_ex_per_s": w.batch / t.median for k, t in timings.items()}
-    figures.update({f"{k}_loss": c.loss for k, c in candidates.items()})
+    figures = common.step_figures(w, timings, candidates)
     t = timings
     ratios = [
         common.ratio("mixed_over_single_task (time)",

@@ -194,8 +194,7 @@ def run(size: str = "mini", *, reps: int = 10, warmup: int = 2) -> dict[str, Any
         "ours_mpt": common.prompt_train_stepper(w, "mpt", batch=batch),
     }
     timings = common.alternate(candidates, reps=reps, warmup=warmup)
-    figures = {f"{k}_ex_per_s": w.batch / t.median for k, t in timings.items()}
-    figures.update({f"{k}_loss": c.loss for k, c in candidates.items()})
+    figures = common.step_figures(w, timings, candidates)
     figures["t5x_prompt_trainable_params"] = candidates["t5x_prompt"].trainable_params
     t = timings
     ratios = [

@@ -308,6 +308,15 @@ def paired_ratio(a: Timing, b: Timing) -> float:
     return statistics.median(x / y for x, y in zip(a.seconds, b.seconds, strict=True))
 
 
+def step_figures(
+    w: Workload, timings: Mapping[str, Timing], candidates: Mapping[str, Any]
+) -> dict[str, float]:
+    """``<name>_ex_per_s`` (median) and ``<name>_loss`` (last step) of each candidate."""
+    figures = {f"{k}_ex_per_s": w.batch / t.median for k, t in timings.items()}
+    figures.update({f"{k}_loss": c.loss for k, c in candidates.items()})
+    return figures
+
+
 def matmul_gflops(n: int = 2048, *, reps: int = 5, dtype=jnp.float32) -> float:
     """The machine's measured dense matmul rate (GFLOP/s): median of ``[n, n] @ [n, n]``."""
     a = jax.random.normal(jax.random.key(0), (n, n), dtype)
