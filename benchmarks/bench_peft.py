@@ -158,7 +158,7 @@ def run(
         base,
         figures,
         ratios,
-        timings={k: t.summary(base.batch) for k, t in timings.items()},
+        timings=timings,
         torch_threads=torch.get_num_threads(),
     )
 

@@ -381,10 +381,19 @@ def ratio(name: str, value: float, target: float | None = None, op: str = "<=") 
 
 
 def result(
-    benchmark: str, w: Workload | None, figures: dict[str, float], ratios: list[dict], **extra
+    benchmark: str,
+    w: Workload | None,
+    figures: dict[str, float],
+    ratios: list[dict],
+    timings: Mapping[str, Timing] | None = None,
+    **extra,
 ) -> dict[str, Any]:
-    """The dict every benchmark returns (and writes with ``--json``)."""
-    return {
+    """The dict every benchmark returns (and writes with ``--json``).
+
+    ``timings`` (from :func:`alternate`) are stored summarised, with examples/s at
+    ``w.batch``.
+    """
+    res = {
         "benchmark": benchmark,
         "workload": None if w is None else w.describe(),
         "machine": machine_info(),
@@ -392,6 +401,10 @@ def result(
         "ratios": ratios,
         **extra,
     }
+    if timings is not None:
+        batch = None if w is None else w.batch
+        res["timings"] = {k: t.summary(batch) for k, t in timings.items()}
+    return res
 
 
 def print_result(res: Mapping[str, Any]) -> None:
