@@ -215,3 +215,93 @@ def test_backbone_from_a_hugging_face_directory(tmp_path):
     embedding = model.shared.weight.detach().numpy()
     np.testing.assert_array_equal(params["token_embedder"]["embedding"], embedding)
     assert ref == str(tmp_path)
+
+
+def _batch(rng, task_ids, vocab, inputs=6, targets=3):
+    n = len(task_ids)
+    target = rng.integers(1, vocab, size=(n, targets)).astype(np.int32)
+    return {
+        "encoder_input_tokens": rng.integers(1, vocab, size=(n, inputs)).astype(np.int32),
+        "decoder_target_tokens": target,
+        "decoder_input_tokens": np.pad(target[:, :-1], ((0, 0), (1, 0))),
+        "decoder_loss_weights": np.ones((n, targets), np.float32),
+        "task_ids": np.asarray(task_ids, np.int32),
+    }
+
+
+def _train(stage, backbone, batches):
+    from mpt_jax.training.step import train_step_fn
+
+    step = jax.jit(train_step_fn(stage.loss_fn, stage.optimizer))
+    state = TrainState.create(jax.tree.map(jnp.asarray, stage.params), stage.optimizer)
+    frozen = {"backbone": backbone, **stage.frozen}
+    for batch in batches:
+        state, _ = step(state, frozen, batch, jax.random.key(0))
+    return jax.tree.map(np.asarray, state.params)
+
+
+def test_teacher_row_on_a_mixture_equals_its_task_trained_alone(config, backbone):
+    """`stages.teacher` equals separate runs: task a's row, trained on a mixture where a is
+    in steps 0 and 2 of 4, equals a trained alone on just those steps' a-examples; task c,
+    absent from every batch, keeps its row bit for bit (no weight decay)."""
+    config = dataclasses.replace(config, dropout_rate=0.0)
+    rng = np.random.default_rng(0)
+    mixed = stages.teacher(ctx_for(config, backbone, ["a", "b", "c"]))
+    alone = stages.teacher(ctx_for(config, backbone, ["a"]))
+    table = mixed.params["task_prompts"]
+    alone = dataclasses.replace(alone, params={"task_prompts": table[:1]})
+    mixture, own = [], []
+    for step in range(4):
+        a = _batch(rng, [0, 0], config.vocab_size)
+        b = _batch(rng, [1, 1, 1], config.vocab_size)
+        parts = [a, b] if step % 2 == 0 else [b]
+        mixture.append({k: np.concatenate([p[k] for p in parts]) for k in a})
+        if step % 2 == 0:
+            own.append(a)
+    got, want = _train(mixed, backbone, mixture), _train(alone, backbone, own)
+    # Equal up to float rounding (the batches differ in size; each step moves a row ~0.3).
+    np.testing.assert_allclose(got["task_prompts"][0], want["task_prompts"][0], rtol=1e-4,
+                               atol=1e-5)  # fmt: skip
+    assert not np.allclose(got["task_prompts"][0], table[0])
+    assert not np.allclose(got["task_prompts"][1], table[1])
+    np.testing.assert_array_equal(got["task_prompts"][2], table[2])
+
+
+def test_source_stage_without_teachers_is_the_task_loss_and_with_them_distils(config, backbone):
+    from mpt_jax.training.objectives import Distillation
+
+    rng = np.random.default_rng(0)
+    ctx = ctx_for(config, backbone, ["a", "b"])
+    teachers = stages.SourcePrompt({"task_prompts": rng.normal(size=(2, L, D))}, ("a", "b"))
+    plain = stages.source(ctx, None)
+    distilled = stages.source(ctx, teachers, distillation=Distillation(weight=0.5))
+    batch = _batch(rng, [0, 1], config.vocab_size)
+    frozen = {"backbone": backbone}
+    loss, _ = plain.loss_fn(plain.params, frozen, batch, None)
+    dl, m = distilled.loss_fn(distilled.params, {**frozen, **distilled.frozen}, batch, None)
+    np.testing.assert_allclose(m["task_loss"], loss, rtol=1e-6)
+    np.testing.assert_allclose(dl, m["task_loss"] + 0.5 * (m["kl"] + m["mse"]), rtol=1e-6)
+    assert distilled.meta["distillation"]["weight"] == 0.5
+
+
+def test_spot_and_target_rescale_the_source_prompt(config, backbone, source_dir):
+    from mpt_jax.prompts.source_init import Rescale, prompt_rms
+
+    directory, src = source_dir
+    source = stages.load_source(directory)
+    ctx = ctx_for(config, backbone, ["t"])
+    table = np.asarray(backbone["token_embedder"]["embedding"], np.float64)
+    emb_rms = np.sqrt(np.mean(table**2))
+    st = stages.spot(ctx, source, source_task="s2", rescale=Rescale("embeddings"))
+    np.testing.assert_allclose(prompt_rms(st.params), emb_rms, rtol=1e-5)
+    start = _prompt(src, 1)
+    ratio = st.params["shared"] / start  # the direction is kept: one factor everywhere
+    np.testing.assert_allclose(ratio, emb_rms / np.sqrt(np.mean(start.astype(np.float64) ** 2)),
+                               rtol=1e-4)  # fmt: skip
+    fresh = stages.target(ctx, init="fresh").params
+    got = stages.target(ctx, source, init="exact", source_task="s1", rescale=Rescale("fresh"))
+    np.testing.assert_allclose(prompt_rms(got.params), prompt_rms(fresh), rtol=1e-5)
+    np.testing.assert_array_equal(got.params["task_cols"][0], src["task_cols"][0])
+    assert got.meta["rescale"] == "fresh"
+    off = stages.target(ctx, source, init="exact", source_task="s1", rescale=Rescale("off"))
+    np.testing.assert_array_equal(off.params["shared"], src["shared"])
