@@ -87,7 +87,7 @@ class Distillation:
         Distillation.weight = 0.5
 
     Attributes:
-      weight: λ ≥ 0 (0.9 is recalled from the paper, not verified).
+      weight: λ ≥ 0 (the default is recalled from the paper, not verified).
       temperature: τ > 0 of the KL term.
       hidden_states: ``"encoder"``, ``"decoder"``, ``"both"`` or ``"none"`` (see
         :func:`mpt_jax.training.losses.distillation_loss`).
