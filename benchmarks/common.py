@@ -232,9 +232,9 @@ def prompt_train_stepper(
 def make_tx(optimizer: str):
     """Our optimizer factory: ``adamw`` (lr 1e-3, as PEFT examples use) or ``adafactor``."""
     if optimizer == "adamw":
-        return training.make_optimizer("adamw", 1e-3)
+        return training.PromptRecipe(optimizer=training.AdamW(), learning_rate=1e-3).build()
     if optimizer == "adafactor":
-        return training.make_optimizer("adafactor")
+        return training.PromptRecipe().build()
     raise ValueError(f"optimizer must be 'adamw' or 'adafactor', got {optimizer!r}")
 
 

@@ -127,7 +127,7 @@ def test_distillation_rejects_unknown_hidden_choice(example):
             example["student"], example["teacher"], {}, {}, {
                 "decoder_target_tokens": example["targets"],
                 "decoder_loss_weights": example["weights"],
-            }, hidden_states="logits",
+            }, distill_weight=0.5, temperature=1.0, hidden_states="logits",
         )  # fmt: skip
 
 

@@ -8,7 +8,6 @@ import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from mpt_jax.backbone import get_config
@@ -17,7 +16,6 @@ from mpt_jax.prompts.generators import HierarchicalPrompt, MultitaskPrompt
 from mpt_jax.runner import backbone_loading, stages
 from mpt_jax.training import TrainState, make_optimizer
 from mpt_jax.training.checkpoints import Checkpointer
-from mpt_jax.training.optimizers import per_task
 
 SOURCE_TASKS = ("s1", "s2", "s3")
 L, D = 4, 32
@@ -79,8 +77,8 @@ def test_target_average_init_is_the_rank_r_average_of_source_task_matrices(
     config, backbone, source_dir
 ):
     directory, src = source_dir
-    st = stages.target(ctx_for(config, backbone, ["t1", "t2"]), source_dir=directory)
-    got = st.init_params()
+    st = stages.target(ctx_for(config, backbone, ["t1", "t2"]), stages.load_source(directory))
+    got = st.params
     mean = np.mean([src["task_cols"][k] @ src["task_rows"][k] for k in range(3)], axis=0)
     u, s, vt = np.linalg.svd(mean.astype(np.float64))
     best = s[0] * np.outer(u[:, 0], vt[0])  # the best rank-1 approximation of the average
@@ -90,9 +88,9 @@ def test_target_average_init_is_the_rank_r_average_of_source_task_matrices(
         np.testing.assert_allclose(got["task_cols"][t] @ got["task_rows"][t], best, rtol=1e-4,
                                    atol=1e-5)  # fmt: skip
     # Averaging a chosen subset, by name.
-    st = stages.target(ctx_for(config, backbone, ["t1"]), source_dir=directory,
+    st = stages.target(ctx_for(config, backbone, ["t1"]), stages.load_source(directory),
                        source_tasks=["s1", "s3"])  # fmt: skip
-    got = st.init_params()
+    got = st.params
     mean = np.mean([src["task_cols"][k] @ src["task_rows"][k] for k in (0, 2)], axis=0)
     u, s, vt = np.linalg.svd(mean.astype(np.float64))
     np.testing.assert_allclose(got["task_cols"][0] @ got["task_rows"][0],
@@ -101,25 +99,24 @@ def test_target_average_init_is_the_rank_r_average_of_source_task_matrices(
 
 def test_target_exact_init_by_task_name(config, backbone, source_dir):
     directory, src = source_dir
-    st = stages.target(ctx_for(config, backbone, ["s3", "s1"]), source_dir=directory, init="exact")
-    got = st.init_params()
+    source = stages.load_source(directory)
+    st = stages.target(ctx_for(config, backbone, ["s3", "s1"]), source, init="exact")
+    got = st.params
     for t, k in enumerate((2, 0)):  # each target task starts from its namesake
         np.testing.assert_allclose(_prompt(got, t), _prompt(src, k), rtol=1e-6)
-    st = stages.target(ctx_for(config, backbone, ["new"]), source_dir=directory, init="exact",
-                       source_task="s2")  # fmt: skip
-    np.testing.assert_allclose(_prompt(st.init_params(), 0), _prompt(src, 1), rtol=1e-6)
+    st = stages.target(ctx_for(config, backbone, ["new"]), source, init="exact", source_task="s2")
+    np.testing.assert_allclose(_prompt(st.params, 0), _prompt(src, 1), rtol=1e-6)
     with pytest.raises(TaskIndexError, match="new"):
-        stages.target(ctx_for(config, backbone, ["new"]), source_dir=directory,
-                      init="exact").init_params()  # fmt: skip
+        stages.target(ctx_for(config, backbone, ["new"]), source, init="exact")
 
 
 def test_target_shared_only_and_fresh(config, backbone, source_dir):
     directory, src = source_dir
-    got = stages.target(ctx_for(config, backbone, ["t"]), source_dir=directory,
-                        init="shared_only").init_params()  # fmt: skip
+    got = stages.target(ctx_for(config, backbone, ["t"]), stages.load_source(directory),
+                        init="shared_only").params  # fmt: skip
     np.testing.assert_array_equal(got["shared"], src["shared"])
     np.testing.assert_allclose(got["task_cols"][0] @ got["task_rows"][0], 1.0, atol=0.05)
-    fresh = stages.target(ctx_for(config, backbone, ["t"]), init="fresh").init_params()
+    fresh = stages.target(ctx_for(config, backbone, ["t"]), init="fresh").params
     assert not np.allclose(fresh["shared"], src["shared"])
     with pytest.raises(ValueError, match="'nope'"):
         stages.target(ctx_for(config, backbone, ["t"]), init="nope")
@@ -127,26 +124,34 @@ def test_target_shared_only_and_fresh(config, backbone, source_dir):
 
 def test_spot_starts_from_a_source_task_prompt(config, backbone, source_dir):
     directory, src = source_dir
-    st = stages.spot(ctx_for(config, backbone, ["t"]), source_dir=directory, source_task="s2")
-    np.testing.assert_allclose(st.init_params()["shared"], _prompt(src, 1), rtol=1e-6)
-    st = stages.spot(ctx_for(config, backbone, ["t"]), source_dir=directory)
-    np.testing.assert_array_equal(st.init_params()["shared"], src["shared"])
+    source = stages.load_source(directory)
+    st = stages.spot(ctx_for(config, backbone, ["t"]), source, source_task="s2")
+    np.testing.assert_allclose(st.params["shared"], _prompt(src, 1), rtol=1e-6)
+    st = stages.spot(ctx_for(config, backbone, ["t"]), source)
+    np.testing.assert_array_equal(st.params["shared"], src["shared"])
+    assert st.meta["source_dir"] == directory
 
 
 def test_source_refuses_teachers_of_other_tasks(config, backbone, tmp_path):
     teacher = {"task_prompts": np.ones((2, L, D), np.float32)}
     _save_run(str(tmp_path), teacher, ("a", "b"))
+    teachers = stages.load_source(str(tmp_path))
     with pytest.raises(TaskIndexError, match="'a'"):
-        stages.source(ctx_for(config, backbone, ["b", "a"]), teacher_dir=str(tmp_path))
-    st = stages.source(ctx_for(config, backbone, ["a", "b"]), teacher_dir=str(tmp_path))
+        stages.source(ctx_for(config, backbone, ["b", "a"]), teachers)
+    st = stages.source(ctx_for(config, backbone, ["a", "b"]), teachers)
     assert isinstance(st.prompt, MultitaskPrompt) and st.prompt.num_tasks == 2
-    with pytest.raises(ValueError, match="teacher_dir"):
-        stages.source(ctx_for(config, backbone, ["a", "b"]))
+    np.testing.assert_array_equal(st.frozen["teacher_prompt"]["task_prompts"], 1.0)
+    assert st.meta["distill"] and st.meta["teacher_dir"] == str(tmp_path)
+    alone = stages.source(ctx_for(config, backbone, ["a", "b"]), None)
+    assert not alone.frozen and alone.meta["distill"] is False
+    with pytest.raises(ValueError, match="not a teacher run"):
+        stages.source(ctx_for(config, backbone, ["a"]), stages.SourcePrompt(
+            {"shared": np.ones((L, D))}, ("a",)))  # fmt: skip
 
 
 def test_prompt_tuning_vocab_init_uses_embedding_rows(config, backbone):
     st = stages.prompt_tuning(ctx_for(config, backbone, ["t"]), init="vocab", num_vocab_ids=50)
-    prompt = st.init_params()["shared"]
+    prompt = st.params["shared"]
     table = backbone["token_embedder"]["embedding"][:50]
     for row in prompt:
         assert np.min(np.abs(table - row).max(-1)) == 0.0
@@ -162,28 +167,6 @@ def test_generator_task_count_must_match_the_mapping(config, backbone):
         )
     with pytest.raises(TypeError, match="'init'"):
         stages.build_generator(MultitaskPrompt, ctx_for(config, backbone, ["a"]), init=None)
-
-
-def test_per_task_optimizer_equals_separate_optimizers():
-    rng = np.random.default_rng(1)
-    table = jnp.asarray(rng.normal(size=(3, L, D)), jnp.float32)
-    grads = [jnp.asarray(rng.normal(size=(3, L, D)), jnp.float32) for _ in range(2)]
-    tx = make_optimizer()
-    wrapped = per_task(tx)
-    state, params = wrapped.init(table), table
-    for g in grads:
-        updates, state = wrapped.update(g, state, params)
-        params = optax.apply_updates(params, updates)
-    for k in range(3):
-        s, p = tx.init(table[k]), table[k]
-        for g in grads:
-            u, s = tx.update(g[k], s, p)
-            p = optax.apply_updates(p, u)
-        np.testing.assert_allclose(params[k], p, rtol=1e-6, atol=1e-7)
-    # The whole-table optimizer differs (its parameter scale is the table's RMS).
-    u_all, _ = tx.update(grads[0], tx.init(table), table)
-    u_sep, _ = wrapped.update(grads[0], wrapped.init(table), table)
-    assert not np.allclose(u_all, u_sep)
 
 
 def test_backbone_loads_from_msgpack_and_safetensors(config, backbone, tmp_path):

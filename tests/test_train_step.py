@@ -19,6 +19,9 @@ import pytest
 
 from mpt_jax.prompts.generators import MultitaskPrompt, TaskPrompts
 from mpt_jax.training import (
+    Adafactor,
+    Distillation,
+    PromptRecipe,
     TrainState,
     distillation_loss_fn,
     make_eval_step,
@@ -116,16 +119,19 @@ def test_step_changes_every_prompt_parameter_and_nothing_else(setup):
     assert jax.tree.structure(state.params) == jax.tree.structure(before_prompt)
 
 
-def test_first_adafactor_step_matches_formula(setup):
-    """Adafactor (factoring off, decay 0.8): Δθ = -(lr·max(rms θ, 1e-3)·sign g + wd·θ)."""
-    model, batch, prompt, backbone, tx, step = setup
+@pytest.mark.parametrize("scaled", [False, True])
+def test_first_adafactor_step_matches_formula(setup, scaled):
+    """Prompt tuning's Adafactor (factoring off, decay 0.8, parameter scaling off):
+    Δθ = -(lr·sign g + wd·θ); with parameter scaling on, -(lr·max(rms θ, 1e-3)·sign g + wd·θ)."""
+    model, batch, prompt, backbone, _, step = setup
+    tx = make_optimizer(PromptRecipe(optimizer=Adafactor(multiply_by_parameter_scale=scaled)))
     loss_fn = task_loss_fn(model)
     grads = jax.grad(lambda p: loss_fn(p, {"backbone": backbone}, batch, None)[0])(prompt)
     state = TrainState.create(jax.tree.map(jnp.array, prompt), tx)
     new = state.apply_gradients(grads, tx)
     for name in prompt:
         theta, g = np.asarray(prompt[name], np.float64), np.asarray(grads[name], np.float64)
-        rms = max(np.sqrt(np.mean(theta**2)), 1e-3)
+        rms = max(np.sqrt(np.mean(theta**2)), 1e-3) if scaled else 1.0
         want = theta - (0.3 * rms * np.sign(g) + 1e-5 * theta)
         np.testing.assert_allclose(new.params[name], want, rtol=1e-5, atol=1e-7)
 
@@ -165,7 +171,8 @@ def test_distillation_from_identical_teacher_is_the_task_loss(setup):
         jnp.arange(TASKS)
     )  # [T, L, D]
     teacher = StandInPromptedModel(TaskPrompts(num_tasks=TASKS, length=LENGTH, embed_dim=EMBED))
-    loss_fn = distillation_loss_fn(model, teacher, hidden_states="both")
+    recipe = Distillation(hidden_states="both")
+    loss_fn = distillation_loss_fn(model, teacher, recipe)
     frozen = {"backbone": backbone, "teacher_prompt": {"task_prompts": per_task}}
     loss, metrics = loss_fn(prompt, frozen, batch, None)
     task_loss, _ = task_loss_fn(model)(prompt, {"backbone": backbone}, batch, None)
@@ -176,7 +183,8 @@ def test_distillation_from_identical_teacher_is_the_task_loss(setup):
     shifted = {"task_prompts": per_task + 0.3}
     frozen = {"backbone": backbone, "teacher_prompt": shifted}
     loss2, m2 = loss_fn(prompt, frozen, batch, None)
-    np.testing.assert_allclose(loss2, m2["task_loss"] + 0.9 * (m2["kl"] + m2["mse"]), rtol=1e-6)
+    want = m2["task_loss"] + recipe.weight * (m2["kl"] + m2["mse"])
+    np.testing.assert_allclose(loss2, want, rtol=1e-6)
     assert float(m2["kl"]) > 0 and float(m2["mse"]) > 0
     g = jax.grad(lambda f: loss_fn(prompt, f, batch, None)[0])(frozen)
     np.testing.assert_array_equal(g["teacher_prompt"]["task_prompts"], 0.0)

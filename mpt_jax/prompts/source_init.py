@@ -20,10 +20,16 @@ gin::
 
     target/prompts.init_from_source.method = "average"
     target/prompts.init_from_source.num_target_tasks = 8
+
+A prompt started from a source can be brought to another scale by :class:`Rescale`
+(``prompts.Rescale.match = "fresh"`` or ``"embeddings"``): source prompts trained with
+parameter-scaled Adafactor grew to 4–300× a fresh prompt's RMS, and a prompt far
+above the token embeddings' RMS trains badly whatever its content.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -191,3 +197,83 @@ def _tree(shared: np.ndarray, cols: np.ndarray, rows: np.ndarray) -> dict[str, n
         "task_cols": np.array(cols, dtype),
         "task_rows": np.array(rows, dtype),
     }
+
+
+# -- rescaling -------------------------------------------------------------------------
+
+RESCALE_MATCHES = ("off", "fresh", "embeddings")
+
+
+def prompt_rms(params: Mapping[str, Any]) -> float:
+    """RMS ``sqrt(mean(p²))`` of the prompt a tree makes, over every task's prompt.
+
+    - MPT ``{shared [L, D], task_cols [T, L, r], task_rows [T, r, D]}``: of the
+      composed prompts ``P ∘ (U_k V_k)`` ``[T, L, D]``;
+    - a single prompt ``{shared [L, D]}``: of ``P``;
+    - a table ``{task_prompts [T, L, D]}``: of the table.
+    """
+    keys = set(params)
+    if keys == {"shared", "task_cols", "task_rows"}:
+        shared, cols, rows = _check_source(params)
+        prompt = shared.astype(np.float64) * np.einsum("tlr,trd->tld", cols, rows)
+    elif keys == {"shared"}:
+        prompt = np.asarray(params["shared"], np.float64)
+    elif keys == {"task_prompts"}:
+        prompt = np.asarray(params["task_prompts"], np.float64)
+    else:
+        raise ValueError(f"no prompt RMS for parameters {sorted(keys)}")
+    return float(np.sqrt(np.mean(np.square(prompt))))
+
+
+@gin.configurable(module="prompts")
+@dataclasses.dataclass(frozen=True)
+class Rescale:
+    """Brings a prompt started from a source to a reference RMS.
+
+    With ``ρ`` the reference and ``prompt_rms`` as in :func:`prompt_rms`, the started
+    tree's ``shared`` is multiplied by ``c = ρ / prompt_rms(start)``; every prompt it
+    makes (``P ∘ (U_k V_k)`` is linear in ``P``) is scaled by ``c`` and its RMS becomes
+    ``ρ``, while the task factors and the prompt's direction are unchanged.
+
+    Attributes:
+      match: ``"off"`` (keep the source's scale), ``"fresh"`` (``ρ`` = the RMS of the
+        prompt the generator's own initialiser makes) or ``"embeddings"`` (``ρ`` = the
+        RMS of the backbone's token-embedding table, ``sqrt(mean(E²))`` over
+        ``[vocab, embed]``).
+    """
+
+    match: str = "off"
+
+    def __post_init__(self):
+        if self.match not in RESCALE_MATCHES:
+            raise ValueError(
+                f"prompts.Rescale.match must be one of {RESCALE_MATCHES}, got {self.match!r}"
+            )
+
+    def reference(self, fresh: Mapping[str, Any], embeddings: np.ndarray) -> float | None:
+        """``ρ`` (None when ``match == "off"``)."""
+        if self.match == "fresh":
+            return prompt_rms(fresh)
+        if self.match == "embeddings":
+            return float(np.sqrt(np.mean(np.square(np.asarray(embeddings, np.float64)))))
+        return None
+
+    def __call__(
+        self, start: Mapping[str, Any], *, fresh: Mapping[str, Any], embeddings: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """``start`` with ``shared`` scaled so the prompt's RMS is the reference.
+
+        Args:
+          start: the started tree (MPT's or a single prompt's; it must have ``shared``).
+          fresh: the generator's own initial tree (same structure).
+          embeddings: the backbone's token embeddings ``[vocab, embed]``.
+        """
+        start = {k: np.asarray(v) for k, v in start.items()}
+        rho = self.reference(fresh, embeddings)
+        if rho is None:
+            return start
+        rms = prompt_rms(start)
+        if not rms > 0:
+            raise ValueError(f"cannot rescale a source prompt of RMS {rms} to {rho}")
+        shared = start["shared"]
+        return {**start, "shared": (shared * (rho / rms)).astype(shared.dtype)}

@@ -2,8 +2,8 @@
 
 - :func:`train` — one stage (``train.stage = @stages.teacher`` / ``source`` / ``target`` /
   ``prompt_tuning`` / ``spot`` / ``generator``) on a seqio task or mixture, with the frozen
-  backbone of :func:`~mpt_jax.runner.backbone_loading.load_backbone`, the optimizer of
-  :func:`~mpt_jax.training.optimizers.make_optimizer` and the loop of
+  backbone of :func:`~mpt_jax.runner.backbone_loading.load_backbone`, the stage's prompt,
+  objective and optimizer (:mod:`mpt_jax.runner.stages`) and the loop of
   :func:`~mpt_jax.training.loop.train_loop` (``train_loop.num_steps`` etc.).
 - :func:`evaluate` — the seqio metrics of a run's checkpoint on a task or mixture.
 - :func:`infer` — greedy predictions of a run's checkpoint, as JSON lines.
@@ -28,14 +28,12 @@ import gin
 import numpy as np
 
 from mpt_jax.data.task_ids import TaskIndex, use_task_index
-from mpt_jax.model import PromptedT5
 from mpt_jax.runner import data as data_lib
 from mpt_jax.runner.backbone_loading import load_backbone
 from mpt_jax.runner.evaluation import make_evaluate
 from mpt_jax.runner.stages import Stage, StageContext
 from mpt_jax.training.checkpoints import Checkpointer, checkpoint_dir
 from mpt_jax.training.loop import LoopResult, train_loop
-from mpt_jax.training.optimizers import make_optimizer
 from mpt_jax.training.state import merge_params
 
 PyTree = Any
@@ -72,7 +70,7 @@ def _setup(stage: StageFn, index: TaskIndex, seed: int):
     config, backbone, reference = load_backbone()
     ctx = StageContext(task_names=index.names, config=config, backbone=backbone, seed=seed)
     st = stage(ctx)
-    return config, backbone, reference, st, PromptedT5(config, st.prompt)
+    return config, backbone, reference, st, st.model
 
 
 @gin.configurable
@@ -104,8 +102,6 @@ def train(
     """
     index = _index(mixture_or_task_name, task_names)
     config, backbone, reference, st, model = _setup(stage, index, seed)
-    loss_fn, extra_frozen = st.objective(model)
-    tx = st.wrap_optimizer(make_optimizer())
     os.makedirs(model_dir, exist_ok=True)
     index_path = os.path.join(model_dir, "task_index.json")
     if os.path.exists(index_path):
@@ -125,10 +121,10 @@ def train(
     with open(os.path.join(model_dir, "config.gin"), "w") as f:
         f.write(gin.config_str())
     result = train_loop(
-        loss_fn,
-        tx,
-        st.init_params(),
-        {"backbone": backbone, **extra_frozen},
+        st.loss_fn,
+        st.optimizer,
+        st.params,
+        {"backbone": backbone, **st.frozen},
         batches,
         task_names=index.names,
         model_dir=model_dir,

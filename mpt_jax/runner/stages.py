@@ -1,35 +1,46 @@
-"""The stages of MPT and its baselines, each a gin-configurable function ``stage(ctx) -> Stage``.
+"""The stages of MPT and its baselines: the single description of the method.
 
-A stage says *what* trains and *how it starts*; the ``train`` job (``mpt_jax.runner.jobs``)
-does the rest (data, backbone, loop, evaluation) the same way for every stage::
+A stage is a pure function of parameters held in memory,
+``stage(ctx, [source trees], *, choices, recipe) -> Stage``, giving everything that
+differs between stages: the prompted model (its prompt generator), the initial prompt
+tree, the objective (loss function and the extra frozen trees it reads) and the
+optimizer (:class:`~mpt_jax.training.optimizers.PromptRecipe`). Whoever trains (the
+runner's ``train`` job, the demo, a notebook) feeds these to a loop::
 
-    train.stage = @stages.source        # the function itself, not a call
-    stages.source.teacher_dir = "runs/teachers"
-    distillation_loss_fn.distill_weight = 0.9
+    ctx = StageContext(task_names=("rte", "boolq"), config=config, backbone=backbone)
+    teachers = stages.teacher(ctx)
+    ...  # train teachers.params with teachers.loss_fn / .optimizer, giving `table`
+    student = stages.source(ctx, SourcePrompt({"task_prompts": table}, ctx.task_names))
+
+Folders are read by :func:`load_source`, a separate step that the runner's gin files
+wire in (``stages.source.teachers = @teachers/stages.load_source()``).
 
 Stages:
 
 - :func:`teacher` — one vanilla prompt per source task, all trained together as one
   ``TaskPrompts`` table on the multitask mixture. This equals separate runs, one per
-  task: each example's prompt is its own task's row, so the loss of an example reaches
-  no other row, and the optimizer runs per task (:func:`~mpt_jax.training.optimizers.
-  per_task`: Adafactor's parameter-scaled steps and update clipping use each row's own
-  RMS). What remains shared is the batch (each step normalises the loss by the batch's
-  target tokens) and the mixture's sampling of tasks into batches.
-- :func:`source` — the MPT student (``MultitaskPrompt``, or any generator a gin binding
-  picks, e.g. a ``ComposedPrompt``) trained with ``L_task + λ (τ² KL + MSE)`` against the
-  frozen teachers of :func:`teacher`; ``distill=False`` trains with the task loss alone.
-- :func:`target` — a target prompt started from a source checkpoint with an initialiser
-  of :mod:`mpt_jax.prompts.source_init` (``exact``/``average``/``shared_only``) or fresh;
+  task, each on the steps where its task is in the batch: an example's loss reaches
+  only its own task's row, each row has its own optimizer (Adafactor's statistics and
+  step count per row), and a row that receives no gradient in a step keeps its value
+  and optimizer state (see :mod:`mpt_jax.training.optimizers`). What remains shared
+  is the batch's loss normalisation (Adafactor's update does not depend on the
+  gradient's scale, up to its ε = 1e-30) and the mixture's sampling of tasks.
+- :func:`source` — the MPT student (``MultitaskPrompt``, or any generator, e.g. a
+  ``ComposedPrompt``) trained with ``L_task + λ (τ² KL + MSE)`` against frozen teachers
+  (:class:`~mpt_jax.training.objectives.Distillation` holds λ and τ); without teachers,
+  with the task loss alone (the ablation).
+- :func:`target` — a target ``MultitaskPrompt`` started from a source MPT prompt
+  (``exact``/``average``/``shared_only`` of :mod:`mpt_jax.prompts.source_init`) or fresh;
   one target task or several at once.
 - Baselines: :func:`prompt_tuning` (vanilla prompt tuning from a random or a sampled
   vocabulary start), :func:`spot` (a single prompt started from a source prompt), and
-  :func:`generator` (any generator — each composition strategy, the hierarchical
-  prompt — from its own initialiser, with the task loss).
+  :func:`generator` (any generator from its own initialiser, with the task loss).
 
-Generators get ``num_tasks`` and ``embed_dim`` from the run (the task-id mapping and the
-backbone); everything else about them (``length``, ranks, inits, composition) comes from
-their own gin bindings, e.g. ``prompts.MultitaskPrompt.length = 100``.
+A prompt started from a source (:func:`target`, :func:`spot`) can be rescaled to the RMS
+of a fresh prompt or of the token embeddings (:class:`~mpt_jax.prompts.source_init.
+Rescale`). Generators get ``num_tasks`` and ``embed_dim`` from the run; everything else
+(``length``, ranks, inits, composition) from their own gin bindings, e.g.
+``prompts.MultitaskPrompt.length = 100``.
 """
 
 from __future__ import annotations
@@ -52,10 +63,11 @@ from mpt_jax.prompts import initializers as inits
 from mpt_jax.prompts import source_init
 from mpt_jax.prompts.generators import MultitaskPrompt, SinglePrompt, TaskPrompts
 from mpt_jax.training.checkpoints import Checkpointer, checkpoint_dir
-from mpt_jax.training.objectives import LossFn, distillation_loss_fn, task_loss_fn
-from mpt_jax.training.optimizers import per_task
+from mpt_jax.training.objectives import Distillation, LossFn, distillation_loss_fn, task_loss_fn
+from mpt_jax.training.optimizers import PromptRecipe, task_axis_params
 
 PyTree = Any
+MPT_PARAMS = frozenset({"shared", "task_cols", "task_rows"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +77,8 @@ class StageContext:
     Attributes:
       task_names: the run's task-id mapping, id order.
       config: the backbone configuration.
-      backbone: the frozen backbone parameters (for vocabulary-based inits).
+      backbone: the frozen backbone parameters (for vocabulary-based inits and the
+        embedding RMS).
       seed: the run's seed for random prompt initialisation.
     """
 
@@ -79,28 +92,56 @@ class StageContext:
         return len(self.task_names)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
+class SourcePrompt:
+    """A trained prompt tree from an earlier stage, held in memory.
+
+    Attributes:
+      params: the prompt tree (``{"task_prompts"}`` of teachers, MPT's ``{"shared",
+        "task_cols", "task_rows"}``, a ``{"shared"}`` single prompt).
+      task_names: the task-id mapping it was trained with (id order).
+      meta: what its checkpoint recorded (empty for trees made in memory).
+      origin: where it was read from (recorded in the new run's checkpoints).
+    """
+
+    params: PyTree
+    task_names: tuple[str, ...]
+    meta: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    origin: str | None = None
+
+    @property
+    def index(self) -> TaskIndex:
+        return TaskIndex(tuple(self.task_names))
+
+
+@dataclasses.dataclass(frozen=True)
 class Stage:
-    """What a stage trains.
+    """What a stage trains and how.
 
     Attributes:
       name: the stage's name (stored in checkpoints).
-      prompt: the trained generator (the model's ``prompt`` submodule).
-      init_params: returns the initial prompt tree (numpy leaves).
-      objective: ``objective(model) -> (loss_fn, extra_frozen)``; ``extra_frozen`` joins
-        ``frozen`` next to ``"backbone"`` (the teachers' prompts for distillation).
-      wrap_optimizer: applied to the run's optimizer (``per_task`` for teachers).
+      model: the ``PromptedT5`` of the backbone and this stage's prompt generator.
+      params: the initial prompt tree (numpy leaves).
+      loss_fn: ``loss_fn(prompt_params, frozen, batch, rng) -> (loss, metrics)``.
+      frozen: extra frozen trees that join ``frozen`` next to ``"backbone"`` (the
+        teachers' prompts for distillation).
+      optimizer: the optax transform of the prompt tree (rows along a task axis
+        optimised per task, see :meth:`PromptRecipe.build`).
       meta: JSON-able facts stored with each checkpoint.
     """
 
     name: str
-    prompt: nn.Module
-    init_params: Callable[[], PyTree]
-    objective: Callable[[PromptedT5], tuple[LossFn, dict[str, PyTree]]]
-    wrap_optimizer: Callable[[optax.GradientTransformation], optax.GradientTransformation] = (
-        lambda tx: tx
-    )
-    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+    model: PromptedT5
+    params: PyTree
+    loss_fn: LossFn
+    optimizer: optax.GradientTransformation
+    frozen: Mapping[str, PyTree] = dataclasses.field(default_factory=dict)
+    meta: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def prompt(self) -> nn.Module:
+        """The prompt generator (``model.prompt``)."""
+        return self.model.prompt
 
 
 # -- helpers ---------------------------------------------------------------------------
@@ -145,20 +186,22 @@ def init_prompt(generator: nn.Module, embed_dim: int, seed: int) -> PyTree:
     return jax.tree.map(np.asarray, nn.unbox(variables["params"]))
 
 
-def _task_objective(model: PromptedT5):
-    return task_loss_fn(model), {}
-
-
-def load_source(source_dir: str) -> tuple[PyTree, TaskIndex, dict]:
-    """``(prompt_params, task_index, meta)`` of the latest checkpoint of a run directory
-    (or of a checkpoint folder)."""
-    ckpt = Checkpointer(checkpoint_dir(source_dir))
-    try:
-        meta = ckpt.restore_meta()
-        params = ckpt.restore_params()
-    finally:
-        ckpt.close()
-    return params, TaskIndex(tuple(meta["task_names"])), meta
+def _stage(
+    name: str,
+    ctx: StageContext,
+    prompt: nn.Module,
+    params: PyTree,
+    recipe: PromptRecipe | None,
+    meta: Mapping[str, Any],
+    loss_fn: Callable[[PromptedT5], LossFn] = task_loss_fn,
+    frozen: Mapping[str, PyTree] | None = None,
+) -> Stage:
+    """The stage's model, objective and optimizer around ``prompt`` and ``params``."""
+    recipe = PromptRecipe() if recipe is None else recipe
+    model = PromptedT5(ctx.config, prompt)
+    optimizer = recipe.build(task_axis_params(prompt, ctx.config.emb_dim))
+    return Stage(name, model, params, loss_fn(model), optimizer, dict(frozen or {}),
+                 {"stage": name, **meta})  # fmt: skip
 
 
 def _ids(names: Sequence[str], index: TaskIndex, what: str) -> list[int]:
@@ -170,87 +213,89 @@ def _ids(names: Sequence[str], index: TaskIndex, what: str) -> list[int]:
     return [index.id(n) for n in names]
 
 
-def _require_mpt(params: Mapping[str, Any], source_dir: str) -> None:
-    want = {"shared", "task_cols", "task_rows"}
-    if set(params) != want:
-        raise ValueError(
-            f"the source checkpoint {source_dir!r} holds prompt parameters {sorted(params)}, "
-            f"not an MPT prompt {sorted(want)}"
-        )
+def _where(source: SourcePrompt) -> str:
+    return repr(source.origin) if source.origin else "the source prompt"
+
+
+@gin.configurable(module="stages")
+def load_source(model_dir: str = gin.REQUIRED) -> SourcePrompt:
+    """The prompt of the latest checkpoint of a run directory (or of a checkpoint folder),
+    with its task-id mapping and checkpoint metadata. The runner's gin files use it to
+    feed a stage, e.g.::
+
+        stages.target.source = @source/stages.load_source()
+        source/stages.load_source.model_dir = %SOURCE_DIR
+    """
+    ckpt = Checkpointer(checkpoint_dir(model_dir))
+    try:
+        meta = ckpt.restore_meta()
+        params = ckpt.restore_params()
+    finally:
+        ckpt.close()
+    return SourcePrompt(params, tuple(meta["task_names"]), meta=meta, origin=model_dir)
 
 
 # -- stages ----------------------------------------------------------------------------
 
 
 @gin.configurable(module="stages", denylist=["ctx"])
-def teacher(ctx: StageContext, prompt_class: Callable[..., nn.Module] = TaskPrompts) -> Stage:
-    """One vanilla prompt per task (``TaskPrompts``), trained independently per task."""
+def teacher(
+    ctx: StageContext,
+    *,
+    prompt_class: Callable[..., nn.Module] = TaskPrompts,
+    recipe: PromptRecipe | None = None,
+) -> Stage:
+    """One vanilla prompt per task (``TaskPrompts`` ``[T, L, D]``), trained independently
+    per task (see the module doc); ``recipe``: None = the gin-bound ``PromptRecipe()``."""
     prompt = build_generator(prompt_class, ctx)
-    return Stage(
-        name="teacher",
-        prompt=prompt,
-        init_params=lambda: init_prompt(prompt, ctx.config.emb_dim, ctx.seed),
-        objective=_task_objective,
-        wrap_optimizer=per_task,
-        meta={"stage": "teacher"},
-    )
+    return _stage("teacher", ctx, prompt, init_prompt(prompt, ctx.config.emb_dim, ctx.seed),
+                  recipe, {})  # fmt: skip
 
 
 @gin.configurable(module="stages", denylist=["ctx"])
 def source(
     ctx: StageContext,
-    teacher_dir: str | None = None,
+    teachers: SourcePrompt | None = None,
+    *,
     prompt_class: Callable[..., nn.Module] = MultitaskPrompt,
-    distill: bool = True,
+    distillation: Distillation | None = None,
+    recipe: PromptRecipe | None = None,
 ) -> Stage:
     """MPT source training: the student distilled from the per-task teachers.
 
     Args:
-      teacher_dir: the :func:`teacher` run (its latest checkpoint); its task-id mapping
-        must equal this run's.
+      teachers: the :func:`teacher` stage's trained table ``{"task_prompts": [T, L, D]}``
+        with the same task-id mapping as ``ctx``; None trains the student with the task
+        loss alone (the ablation "MPT without distillation").
       prompt_class: the student generator (MPT's ``MultitaskPrompt`` by default; a
         ``ComposedPrompt`` for the composition ablations).
-      distill: False trains the student with the task loss alone (an ablation).
-
-    The loss's λ, τ and hidden states are bindings of
-    :func:`mpt_jax.training.objectives.distillation_loss_fn` (defaults λ = 0.9 — recalled
-    from the paper, not verified —, τ = 1, encoder hidden states).
+      distillation: λ, τ and the hidden states compared; None = the gin-bound
+        ``Distillation()``.
+      recipe: the optimizer; None = the gin-bound ``PromptRecipe()``.
     """
     prompt = build_generator(prompt_class, ctx)
-    if not distill:
-        objective = _task_objective
-        meta = {"stage": "source", "distill": False}
-    else:
-        if teacher_dir is None:
-            raise ValueError("stages.source needs teacher_dir (or distill = False)")
-        teacher_params, teacher_index, _ = load_source(teacher_dir)
-        check_compatible(
-            teacher_index, TaskIndex(ctx.task_names), context=f"teachers from {teacher_dir}"
+    params = init_prompt(prompt, ctx.config.emb_dim, ctx.seed)
+    if teachers is None:
+        return _stage("source", ctx, prompt, params, recipe, {"distill": False})
+    check_compatible(teachers.index, TaskIndex(ctx.task_names),
+                     context=f"teachers from {_where(teachers)}")  # fmt: skip
+    if set(teachers.params) != {"task_prompts"}:
+        raise ValueError(
+            f"{_where(teachers)} is not a teacher run: its prompt holds "
+            f"{sorted(teachers.params)}, expected ['task_prompts'] (TaskPrompts)"
         )
-        if set(teacher_params) != {"task_prompts"}:
-            raise ValueError(
-                f"{teacher_dir!r} is not a teacher run: its prompt holds {sorted(teacher_params)}"
-                ", expected ['task_prompts'] (TaskPrompts)"
-            )
-        table = np.asarray(teacher_params["task_prompts"])
-        teacher_prompt = TaskPrompts(
-            num_tasks=table.shape[0], length=table.shape[1], embed_dim=table.shape[2]
-        )
+    table = np.asarray(teachers.params["task_prompts"])
+    teacher_prompt = TaskPrompts(num_tasks=table.shape[0], length=table.shape[1],
+                                 embed_dim=table.shape[2])  # fmt: skip
+    distillation = Distillation() if distillation is None else distillation
 
-        def objective(model: PromptedT5):
-            teacher_model = PromptedT5(model.config, teacher_prompt)
-            return distillation_loss_fn(model, teacher_model), {
-                "teacher_prompt": {"task_prompts": table}
-            }
+    def loss_fn(model: PromptedT5) -> LossFn:
+        return distillation_loss_fn(model, PromptedT5(model.config, teacher_prompt), distillation)
 
-        meta = {"stage": "source", "distill": True, "teacher_dir": teacher_dir}
-    return Stage(
-        name="source",
-        prompt=prompt,
-        init_params=lambda: init_prompt(prompt, ctx.config.emb_dim, ctx.seed),
-        objective=objective,
-        meta=meta,
-    )
+    meta = {"distill": True, "teacher_dir": teachers.origin,
+            "distillation": dataclasses.asdict(distillation)}  # fmt: skip
+    return _stage("source", ctx, prompt, params, recipe, meta, loss_fn,
+                  {"teacher_prompt": {"task_prompts": table}})  # fmt: skip
 
 
 TARGET_INITS = ("fresh", *source_init.METHODS)
@@ -259,56 +304,70 @@ TARGET_INITS = ("fresh", *source_init.METHODS)
 @gin.configurable(module="stages", denylist=["ctx"])
 def target(
     ctx: StageContext,
-    source_dir: str | None = None,
+    source: SourcePrompt | None = None,
+    *,
     init: str = "average",
     source_task: str | None = None,
     source_tasks: Sequence[str] | None = None,
+    rescale: source_init.Rescale | None = None,
+    recipe: PromptRecipe | None = None,
 ) -> Stage:
-    """MPT target adaptation from a source checkpoint (``MultitaskPrompt``, T = target tasks).
+    """MPT target adaptation (``MultitaskPrompt``, T = the target tasks).
 
     Args:
-      source_dir: the :func:`source` run.
-      init: ``"average"`` (the average of the source task matrices ``U_k V_k`` brought back
-        to rank r), ``"exact"``, ``"shared_only"`` or ``"fresh"`` (no source).
+      source: the :func:`source` stage's MPT prompt (ignored by ``init="fresh"``).
+      init: ``"average"`` (the average of the source task matrices ``U_k V_k`` brought
+        back to rank r), ``"exact"``, ``"shared_only"`` or ``"fresh"`` (no source).
       source_task: for ``exact``: the source task (by name) every target task starts
         from. When None, each target task starts from the source task of the same name,
         and a target task the source does not know is an error.
       source_tasks: for ``average``: the source tasks (by name) to average (None: all).
+      rescale: the RMS the started prompt is brought to (None: the gin-bound
+        ``prompts.Rescale()``, off by default).
+      recipe: the optimizer; None = the gin-bound ``PromptRecipe()``.
     """
     if init not in TARGET_INITS:
         raise ValueError(f"stages.target.init must be one of {TARGET_INITS}, got {init!r}")
     prompt = build_generator(MultitaskPrompt, ctx)
-
-    def init_params():
-        fresh = init_prompt(prompt, ctx.config.emb_dim, ctx.seed)
-        if init == "fresh":
-            return fresh
-        if source_dir is None:
-            raise ValueError(f"stages.target.init = {init!r} needs stages.target.source_dir")
-        params, index, _ = load_source(source_dir)
-        _require_mpt(params, source_dir)
-        common = dict(template=fresh, seed=ctx.seed)
-        if init == "shared_only":
-            return source_init.init_from_source(params, "shared_only", **common)
-        if init == "average":
-            ids = None if source_tasks is None else _ids(source_tasks, index, "source_tasks")
-            return source_init.init_from_source(params, "average", source_tasks=ids, **common)
-        if source_task is not None:
-            (k,) = _ids([source_task], index, "source_task")
-            return source_init.init_from_source(params, "exact", source_task=k, **common)
+    fresh = init_prompt(prompt, ctx.config.emb_dim, ctx.seed)
+    meta = {"init": init, "source_dir": None if source is None else source.origin,
+            "source_task": source_task, "source_tasks": list(source_tasks or [])}  # fmt: skip
+    if init == "fresh":
+        return _stage("target", ctx, prompt, fresh, recipe, meta)
+    if source is None:
+        raise ValueError(f"stages.target.init = {init!r} needs a source (stages.target.source)")
+    if set(source.params) != MPT_PARAMS:
+        raise ValueError(
+            f"{_where(source)} holds prompt parameters {sorted(source.params)}, "
+            f"not an MPT prompt {sorted(MPT_PARAMS)}"
+        )
+    params, index = source.params, source.index
+    common = dict(template=fresh, seed=ctx.seed)
+    if init == "shared_only":
+        start = source_init.init_from_source(params, "shared_only", **common)
+    elif init == "average":
+        ids = None if source_tasks is None else _ids(source_tasks, index, "source_tasks")
+        start = source_init.init_from_source(params, "average", source_tasks=ids, **common)
+    elif source_task is not None:
+        (k,) = _ids([source_task], index, "source_task")
+        start = source_init.init_from_source(params, "exact", source_task=k, **common)
+    else:
         ids = _ids(ctx.task_names, index, "exact init by task name (set source_task)")
         one = {k: v[:1] if k != "shared" else v for k, v in fresh.items()}
         rows = [source_init.init_from_source(params, "exact", source_task=k, template=one)
                 for k in ids]  # fmt: skip
-        return {
+        start = {
             "shared": rows[0]["shared"],
             "task_cols": np.concatenate([r["task_cols"] for r in rows]),
             "task_rows": np.concatenate([r["task_rows"] for r in rows]),
         }
+    rescale = source_init.Rescale() if rescale is None else rescale
+    start = rescale(start, fresh=fresh, embeddings=_embeddings(ctx))
+    return _stage("target", ctx, prompt, start, recipe, {**meta, "rescale": rescale.match})
 
-    meta = {"stage": "target", "init": init, "source_dir": source_dir,
-            "source_task": source_task, "source_tasks": list(source_tasks or [])}  # fmt: skip
-    return Stage("target", prompt, init_params, _task_objective, meta=meta)
+
+def _embeddings(ctx: StageContext) -> np.ndarray:
+    return np.asarray(ctx.backbone["token_embedder"]["embedding"])
 
 
 PROMPT_TUNING_INITS = ("random", "vocab")
@@ -317,9 +376,11 @@ PROMPT_TUNING_INITS = ("random", "vocab")
 @gin.configurable(module="stages", denylist=["ctx"])
 def prompt_tuning(
     ctx: StageContext,
+    *,
     init: str = "random",
     num_vocab_ids: int | None = 5000,
     one_per_task: bool = False,
+    recipe: PromptRecipe | None = None,
 ) -> Stage:
     """Vanilla prompt tuning (Lester et al. 2021): one ``SinglePrompt`` (or one prompt per
     task with ``one_per_task``), started from ``SinglePrompt``'s own initialiser (``"random"``)
@@ -330,18 +391,13 @@ def prompt_tuning(
         raise ValueError(f"prompt_tuning.init must be one of {PROMPT_TUNING_INITS}, got {init!r}")
     kwargs = {}
     if init == "vocab":
-        table = np.asarray(ctx.backbone["token_embedder"]["embedding"])
+        table = _embeddings(ctx)
         ids = None if num_vocab_ids is None else min(num_vocab_ids, table.shape[0])
         init_field = "task_init" if one_per_task else "shared_init"
         kwargs[init_field] = inits.from_sampled_vocab(table, ids)
     prompt = build_generator(TaskPrompts if one_per_task else SinglePrompt, ctx, **kwargs)
-    return Stage(
-        name="prompt_tuning",
-        prompt=prompt,
-        init_params=lambda: init_prompt(prompt, ctx.config.emb_dim, ctx.seed),
-        objective=_task_objective,
-        meta={"stage": "prompt_tuning", "init": init},
-    )
+    return _stage("prompt_tuning", ctx, prompt, init_prompt(prompt, ctx.config.emb_dim, ctx.seed),
+                  recipe, {"init": init})  # fmt: skip
 
 
 def source_prompt(params: Mapping[str, Any], index: TaskIndex, task: str | None) -> np.ndarray:
@@ -359,7 +415,7 @@ def source_prompt(params: Mapping[str, Any], index: TaskIndex, task: str | None)
     if keys == {"task_prompts"}:
         table = np.asarray(params["task_prompts"])
         return table.mean(0) if task is None else table[_ids([task], index, "spot")[0]]
-    if keys == {"shared", "task_cols", "task_rows"}:
+    if keys == MPT_PARAMS:
         shared = np.asarray(params["shared"])
         if task is None:
             return shared
@@ -369,28 +425,38 @@ def source_prompt(params: Mapping[str, Any], index: TaskIndex, task: str | None)
 
 
 @gin.configurable(module="stages", denylist=["ctx"])
-def spot(ctx: StageContext, source_dir: str = gin.REQUIRED, source_task: str | None = None):
+def spot(
+    ctx: StageContext,
+    source: SourcePrompt = gin.REQUIRED,
+    *,
+    source_task: str | None = None,
+    rescale: source_init.Rescale | None = None,
+    recipe: PromptRecipe | None = None,
+) -> Stage:
     """SPoT (Vu et al. 2022): a ``SinglePrompt`` started from a source prompt (see
-    :func:`source_prompt` for what is read from each kind of source run)."""
-    params, index, _ = load_source(source_dir)
-    start = source_prompt(params, index, source_task)
+    :func:`source_prompt` for what is read from each kind of source), rescaled by
+    ``rescale`` (None: the gin-bound ``prompts.Rescale()``)."""
+    start = source_prompt(source.params, source.index, source_task)
     prompt = build_generator(SinglePrompt, ctx, length=start.shape[0])
-
-    def init_params():
-        fresh = init_prompt(prompt, ctx.config.emb_dim, ctx.seed)
-        if fresh["shared"].shape != start.shape:
-            raise ValueError(
-                f"source prompt {start.shape} does not fit the target prompt "
-                f"{fresh['shared'].shape}"
-            )
-        return {"shared": start.astype(fresh["shared"].dtype)}
-
-    meta = {"stage": "spot", "source_dir": source_dir, "source_task": source_task}
-    return Stage("spot", prompt, init_params, _task_objective, meta=meta)
+    fresh = init_prompt(prompt, ctx.config.emb_dim, ctx.seed)
+    if fresh["shared"].shape != start.shape:
+        raise ValueError(
+            f"source prompt {start.shape} does not fit the target prompt {fresh['shared'].shape}"
+        )
+    rescale = source_init.Rescale() if rescale is None else rescale
+    params = rescale({"shared": start.astype(fresh["shared"].dtype)}, fresh=fresh,
+                     embeddings=_embeddings(ctx))  # fmt: skip
+    meta = {"source_dir": source.origin, "source_task": source_task, "rescale": rescale.match}
+    return _stage("spot", ctx, prompt, params, recipe, meta)
 
 
 @gin.configurable(module="stages", denylist=["ctx"])
-def generator(ctx: StageContext, prompt_class: Callable[..., nn.Module] = gin.REQUIRED):
+def generator(
+    ctx: StageContext,
+    prompt_class: Callable[..., nn.Module] = gin.REQUIRED,
+    *,
+    recipe: PromptRecipe | None = None,
+) -> Stage:
     """Any generator from its own initialiser with the task loss (composition ablations,
     the hierarchical prompt)::
 
@@ -399,10 +465,5 @@ def generator(ctx: StageContext, prompt_class: Callable[..., nn.Module] = gin.RE
         prompts.ComposedPrompt.composition = "gated"
     """
     prompt = build_generator(prompt_class, ctx)
-    return Stage(
-        name="generator",
-        prompt=prompt,
-        init_params=lambda: init_prompt(prompt, ctx.config.emb_dim, ctx.seed),
-        objective=_task_objective,
-        meta={"stage": "generator", "prompt_class": type(prompt).__name__},
-    )
+    return _stage("generator", ctx, prompt, init_prompt(prompt, ctx.config.emb_dim, ctx.seed),
+                  recipe, {"prompt_class": type(prompt).__name__})  # fmt: skip

@@ -121,26 +121,25 @@ def distillation_loss(
     teacher_hidden: Mapping[str, Array],
     batch: Mapping[str, Array],
     *,
-    distill_weight: float = 0.9,
-    temperature: float = 1.0,
-    hidden_states: str = "encoder",
+    distill_weight: float,
+    temperature: float,
+    hidden_states: str,
     z_loss: float = 0.0,
 ) -> tuple[Array, dict[str, Array]]:
     """MPT's source-training objective, ``L_task + λ (τ² KL + MSE)``, as token means.
 
-    Defaults: ``distill_weight`` (λ) = 0.9 is the value recalled from the paper but
-    NOT verified against it; ``temperature`` (τ) = 1 (the paper's value was not
-    confirmed either; with τ = 1 the τ² factor is 1). ``hidden_states`` picks what the
-    MSE compares: ``"encoder"`` (encoder output at the input positions, prompt
-    positions excluded, masked by ``encoder_input_tokens > 0``), ``"decoder"``
-    (final decoder hidden states, masked by ``decoder_loss_weights``), ``"both"``
-    (the sum of the two means) or ``"none"``.
+    ``distill_weight`` (λ) and ``temperature`` (τ) have no defaults here: the recipe's
+    values live once, in :class:`mpt_jax.training.objectives.Distillation`.
+    ``hidden_states`` picks what the MSE compares: ``"encoder"`` (encoder output at the
+    input positions, prompt positions excluded, masked by ``encoder_input_tokens > 0``),
+    ``"decoder"`` (final decoder hidden states, masked by ``decoder_loss_weights``),
+    ``"both"`` (the sum of the two means) or ``"none"``.
 
     Normalisation: ``L_task`` and ``KL`` are means over the weighted target tokens,
     ``MSE`` is a mean over the valid positions and the embed features.
 
     Configure it through :func:`mpt_jax.training.objectives.distillation_loss_fn` (gin:
-    ``distillation_loss_fn.distill_weight`` etc.), which passes every setting explicitly.
+    ``Distillation.weight`` etc.), which passes every setting explicitly.
 
     Args:
       student_logits / teacher_logits: ``[batch, targets_length, vocab]``.

@@ -19,6 +19,7 @@ is a dict of float32 scalars.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -75,14 +76,45 @@ def task_loss_fn(model: nn.Module, *, z_loss: float = 0.0) -> LossFn:
     return loss_fn
 
 
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class Distillation:
+    """MPT's distillation recipe: ``L_task + weight · (temperature² · KL + MSE)``.
+
+    The single definition of λ and τ for the runner, the demo and (checked by
+    ``tests/test_optimizers.py``) the T5X gin files::
+
+        Distillation.weight = 0.5
+
+    Attributes:
+      weight: λ ≥ 0 (0.9 is recalled from the paper, not verified).
+      temperature: τ > 0 of the KL term.
+      hidden_states: ``"encoder"``, ``"decoder"``, ``"both"`` or ``"none"`` (see
+        :func:`mpt_jax.training.losses.distillation_loss`).
+    """
+
+    weight: float = 0.9
+    temperature: float = 1.0
+    hidden_states: str = "encoder"
+
+    def __post_init__(self):
+        if self.weight < 0:
+            raise ValueError(f"Distillation.weight (λ) must be >= 0, got {self.weight}")
+        if self.temperature <= 0:
+            raise ValueError(f"Distillation.temperature must be > 0, got {self.temperature}")
+        if self.hidden_states not in losses.HIDDEN_CHOICES:
+            raise ValueError(
+                f"Distillation.hidden_states must be one of {losses.HIDDEN_CHOICES}, "
+                f"got {self.hidden_states!r}"
+            )
+
+
 @gin.configurable(denylist=["student", "teacher"])
 def distillation_loss_fn(
     student: nn.Module,
     teacher: nn.Module,
+    recipe: Distillation | None = None,
     *,
-    distill_weight: float = 0.9,
-    temperature: float = 1.0,
-    hidden_states: str = "encoder",
     z_loss: float = 0.0,
 ) -> LossFn:
     """MPT source training: task loss + λ (τ² KL(teacher ‖ student) + MSE of hidden states).
@@ -91,15 +123,11 @@ def distillation_loss_fn(
     teacher's prompt is a ``TaskPrompts`` generator, so each example is distilled from
     its own task's teacher prompt (selected by ``task_ids``). The teacher runs without
     dropout and under ``stop_gradient`` (its prompt lives in ``frozen["teacher_prompt"]``).
-    See :func:`mpt_jax.training.losses.distillation_loss` for the defaults and what
-    ``hidden_states`` selects (λ = 0.9 is recalled from the paper, not verified).
+    ``recipe`` (λ, τ, hidden states) defaults to the gin-bound :class:`Distillation`.
 
     Metrics: ``loss``, ``task_loss``, ``kl``, ``mse``, ``z_loss``, ``num_tokens``.
     """
-    if hidden_states not in losses.HIDDEN_CHOICES:
-        raise ValueError(
-            f"hidden_states must be one of {losses.HIDDEN_CHOICES}, got {hidden_states!r}"
-        )
+    recipe = Distillation() if recipe is None else recipe
 
     def loss_fn(prompt_params, frozen, batch, rng):
         if "teacher_prompt" not in frozen:
@@ -123,9 +151,9 @@ def distillation_loss_fn(
             s_hidden,
             t_hidden,
             batch,
-            distill_weight=distill_weight,
-            temperature=temperature,
-            hidden_states=hidden_states,
+            distill_weight=recipe.weight,
+            temperature=recipe.temperature,
+            hidden_states=recipe.hidden_states,
             z_loss=z_loss,
         )
         metrics = {**metrics, "loss": loss, "num_tokens": jnp.sum(batch["decoder_loss_weights"])}

@@ -1,28 +1,47 @@
-"""Optimizers for the prompt tree (optax), configured the way prompt tuning does.
+"""The prompt optimizer: one recipe, built as an optax transform.
 
-The defaults follow google-research/prompt-tuning's ``prompt_finetune.gin``: Adafactor
-with a constant learning rate of 0.3, second-moment decay 0.8, no factoring (prompt
-matrices are small and their axes are not the "embed × mlp" kind factoring was built
-for), parameter-scaled steps, update clipping at RMS 1, and weight decay 1e-5. optax adds
-the decay after the learning-rate scaling, so each step subtracts ``wd · θ`` independent
-of the rate, as T5X's Adafactor does. The first Adafactor step is therefore
-``Δθ = -(lr · max(rms(θ), 1e-3) · sign(g) + wd · θ)`` (tests/test_train_step.py checks it).
+:class:`PromptRecipe` is the single definition of how prompts train, for every stage
+of the runner, the demo and (checked by ``tests/test_optimizers.py``) the T5X gin files.
+Its defaults are prompt tuning's (Lester et al. 2021; google-research/prompt-tuning
+``configs/models/t5_1_1_prompt.gin``): Adafactor with a constant learning rate of 0.3,
+second-moment decay exponent 0.8, weight decay 1e-5, ``multiply_by_parameter_scale``
+off, no factoring, update clipping at RMS 1. With parameter scaling off, the first step
+is ``Δθ = -(lr · sign(g) + wd · θ)`` (optax adds the decay after the learning-rate
+scaling, as T5X's Adafactor does, so the decay does not scale with the rate).
 
-Everything is gin-configurable::
+The recipe is a frozen dataclass that gin binds::
 
-    make_optimizer.name = "adamw"
-    make_optimizer.learning_rate = 1e-3
+    PromptRecipe.learning_rate = 0.1                            # every parameter
+    PromptRecipe.learning_rates = {"task_cols": 0.03, "task_rows": 0.03}   # by name
+    PromptRecipe.optimizer = @AdamW()
+    PromptRecipe.schedule = @learning_rate_schedule
     learning_rate_schedule.warmup_steps = 100
+
+Parameters whose leading axis indexes tasks (``TaskPrompts.task_prompts``,
+``MultitaskPrompt.task_cols`` / ``task_rows``; see :func:`task_axis_params`) are
+optimised row by row (:func:`per_task`), and a row whose gradient is exactly zero in a
+step (its task is absent from the batch) keeps its value and optimizer state
+(:func:`skip_without_gradient`): no weight decay, no moment decay, no step count. A
+table of per-task prompts trained on a mixture therefore equals separate runs, one per
+task, each on the steps where its task appears.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable, Collection, Mapping
+from typing import Any
+
+import flax.linen as nn
 import gin
 import jax
+import jax.numpy as jnp
 import optax
 
-OPTIMIZERS = ("adafactor", "adamw")
+PyTree = Any
 SCHEDULES = ("constant", "linear_decay", "rsqrt")
+#: Logical axis names that index tasks (or task groups) along a parameter's first axis.
+TASK_AXES = ("tasks", "groups")
 
 
 @gin.configurable(denylist=["base_learning_rate"])
@@ -35,8 +54,11 @@ def learning_rate_schedule(
 ) -> optax.Schedule:
     """A learning-rate schedule: linear warm-up, then ``kind``.
 
+    Bind it as ``PromptRecipe.schedule = @learning_rate_schedule`` (a reference, not a
+    call: the recipe calls it with each parameter group's rate).
+
     Args:
-      base_learning_rate: the rate after warm-up (``make_optimizer.learning_rate`` in gin).
+      base_learning_rate: the rate after warm-up.
       kind: ``"constant"`` (prompt tuning's choice), ``"linear_decay"`` (to 0 at
         ``total_steps``) or ``"rsqrt"`` (``base · sqrt(warmup / step)`` after warm-up).
       warmup_steps: steps of linear warm-up from 0 (0 = none).
@@ -63,57 +85,89 @@ def learning_rate_schedule(
     return optax.join_schedules([warmup, after], [warmup_steps])
 
 
-@gin.configurable
-def make_optimizer(
-    name: str = "adafactor",
-    learning_rate: float = 0.3,
-    *,
-    decay_rate: float = 0.8,
-    weight_decay: float = 1e-5,
-    factored: bool = False,
-    multiply_by_parameter_scale: bool = True,
-    clipping_threshold: float | None = 1.0,
-    b1: float = 0.9,
-    b2: float = 0.999,
-    eps: float = 1e-8,
-    max_grad_norm: float | None = None,
-    schedule: optax.Schedule | None = None,
-) -> optax.GradientTransformation:
-    """The optimizer of the prompt tree.
+# -- optimizers: what one parameter group's update rule is --------------------------------
 
-    Args:
-      name: ``"adafactor"`` (default, prompt tuning's) or ``"adamw"``.
-      learning_rate: the base rate (0.3, prompt tuning's constant rate; for AdamW
-        something like 1e-3 is a better start).
-      decay_rate: Adafactor's second-moment decay exponent (0.8).
-      weight_decay: decoupled weight decay (1e-5; 0 disables it).
-      factored: factor Adafactor's second moment (off for prompts).
-      multiply_by_parameter_scale: Adafactor's relative step size (T5X's default).
-      clipping_threshold: Adafactor's update clipping (1.0; None disables it).
-      b1, b2, eps: AdamW's moments.
-      max_grad_norm: clip the global gradient norm first (None = no clipping).
-      schedule: a learning-rate schedule; by default ``learning_rate_schedule(learning_rate)``
-        (constant unless gin says otherwise).
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class Adafactor:
+    """Adafactor (Shazeer & Stern 2018) as prompt tuning configures it.
+
+    Attributes:
+      decay_rate: exponent of the second-moment decay ``β2_t = 1 - t^-decay_rate`` (0.8).
+      weight_decay: decoupled weight decay per step, ``θ ← θ - wd · θ`` (not scaled by
+        the learning rate; 0 disables it).
+      multiply_by_parameter_scale: scale steps by the parameter's RMS (T5X's default;
+        off in prompt tuning's recipe: with it on, a prompt's norm compounds).
+      factored: factor the second moment (off: prompts are small).
+      clipping_threshold: clip each update to this RMS (None: no clipping).
     """
-    if name not in OPTIMIZERS:
-        raise ValueError(f"make_optimizer.name must be one of {OPTIMIZERS}, got {name!r}")
-    if learning_rate <= 0:
-        raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
-    lr = schedule if schedule is not None else learning_rate_schedule(learning_rate)
-    if name == "adafactor":
-        tx = optax.adafactor(
-            learning_rate=lr,
-            decay_rate=decay_rate,
-            multiply_by_parameter_scale=multiply_by_parameter_scale,
-            clipping_threshold=clipping_threshold,
-            weight_decay_rate=weight_decay or None,
-            factored=factored,
+
+    decay_rate: float = 0.8
+    weight_decay: float = 1e-5
+    multiply_by_parameter_scale: bool = False
+    factored: bool = False
+    clipping_threshold: float | None = 1.0
+
+    def transform(self, learning_rate: float | optax.Schedule) -> optax.GradientTransformation:
+        """The optax transform at ``learning_rate`` (a number or a schedule of the step)."""
+        return optax.adafactor(
+            learning_rate=learning_rate,
+            decay_rate=self.decay_rate,
+            multiply_by_parameter_scale=self.multiply_by_parameter_scale,
+            clipping_threshold=self.clipping_threshold,
+            weight_decay_rate=self.weight_decay or None,
+            factored=self.factored,
         )
-    else:
-        tx = optax.adamw(lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
-    if max_grad_norm is not None:
-        tx = optax.chain(optax.clip_by_global_norm(max_grad_norm), tx)
-    return tx
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class AdamW:
+    """AdamW (Loshchilov & Hutter 2019); pair it with a rate like 1e-3, not 0.3.
+
+    Attributes:
+      b1, b2, eps: the moments' decay rates and the denominator's epsilon.
+      weight_decay: decoupled weight decay, scaled by the learning rate (optax's AdamW).
+    """
+
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = Adafactor.weight_decay
+
+    def transform(self, learning_rate: float | optax.Schedule) -> optax.GradientTransformation:
+        """The optax transform at ``learning_rate`` (a number or a schedule of the step)."""
+        return optax.adamw(
+            learning_rate, b1=self.b1, b2=self.b2, eps=self.eps, weight_decay=self.weight_decay
+        )
+
+
+# -- transforms: rows along a task axis ------------------------------------------------
+
+
+def skip_without_gradient(inner: optax.GradientTransformation) -> optax.GradientTransformation:
+    """``inner``, except that a step whose gradient is exactly zero everywhere does nothing.
+
+    Such a step returns zero updates and ``inner``'s state unchanged: no weight decay,
+    no decay of moments, no step count. Under :func:`per_task` this holds per row: a
+    task absent from the batch sends no gradient to its row, and the row stays put.
+    """
+
+    def init(params):
+        return inner.init(params)
+
+    def update(updates, state, params=None):
+        new_updates, new_state = inner.update(updates, state, params)
+        leaves = jax.tree.leaves(updates)
+        if not leaves:
+            return new_updates, new_state
+        moved = jnp.any(jnp.stack([jnp.any(g != 0) for g in leaves]))
+        new_updates = jax.tree.map(lambda u: jnp.where(moved, u, jnp.zeros_like(u)), new_updates)
+        new_state = jax.tree.map(lambda new, old: jnp.where(moved, new, old), new_state, state)
+        return new_updates, new_state
+
+    return optax.GradientTransformation(init, update)
 
 
 def per_task(tx: optax.GradientTransformation) -> optax.GradientTransformation:
@@ -122,8 +176,9 @@ def per_task(tx: optax.GradientTransformation) -> optax.GradientTransformation:
     Every leaf of the parameter tree must have the task axis first (``TaskPrompts``:
     ``task_prompts [T, L, D]``). ``tx.init`` and ``tx.update`` are ``vmap``-ed over that
     axis, so whole-parameter statistics (Adafactor's parameter-scaled step and its
-    update clipping, both RMS over a parameter) are taken per task: training a table of
-    T prompts with ``per_task(tx)`` equals training T separate prompts with ``tx``.
+    update clipping, both RMS over a parameter) and the step count are per task:
+    training a table of T prompts with ``per_task(tx)`` equals training T separate
+    prompts with ``tx``.
     """
 
     def init(params):
@@ -135,3 +190,124 @@ def per_task(tx: optax.GradientTransformation) -> optax.GradientTransformation:
         return jax.vmap(tx.update)(updates, state, params)
 
     return optax.GradientTransformation(init, update)
+
+
+def task_axis_params(generator: nn.Module, embed_dim: int) -> tuple[str, ...]:
+    """Paths (``"task_cols"``, ``"sub/task_prompts"``) of ``generator``'s parameters whose
+    first logical axis is one of :data:`TASK_AXES`: the parameters with one row per task
+    (or task group), which :meth:`PromptRecipe.build` optimises row by row."""
+    task_ids = jnp.zeros((1,), jnp.int32)
+    embedded = jnp.zeros((1, 1, embed_dim), jnp.float32)
+    shapes = jax.eval_shape(
+        lambda: generator.init(jax.random.key(0), task_ids, embedded, jnp.ones((1, 1)))
+    )
+    is_box = lambda x: isinstance(x, nn.LogicallyPartitioned)
+    found = []
+    for path, leaf in jax.tree_util.tree_leaves_with_path(shapes["params"], is_leaf=is_box):
+        if is_box(leaf) and leaf.names and leaf.names[0] in TASK_AXES:
+            found.append(_path_name(path))
+    return tuple(found)
+
+
+def _path_name(path) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+
+
+# -- the recipe ------------------------------------------------------------------------
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class PromptRecipe:
+    """How prompt parameters train: optimizer, learning rates, schedule, clipping.
+
+    Attributes:
+      optimizer: :class:`Adafactor` or :class:`AdamW`; None: ``Adafactor()`` as gin
+        binds it (prompt tuning's by default).
+      learning_rate: the rate of every parameter not named in ``learning_rates`` (0.3).
+      learning_rates: rates by parameter name (the last component of its path, e.g.
+        ``"shared"``, ``"task_cols"``) or full path (``"sub/task_rows"``); for MPT's
+        two-rate recipes, ``{"task_cols": 0.03, "task_rows": 0.03}``. A name that no
+        parameter has is an error when the optimizer is initialised.
+      schedule: ``schedule(rate) -> optax.Schedule``, applied to each group's rate
+        (None: constant; gin: ``@learning_rate_schedule``).
+      max_grad_norm: clip the global gradient norm first (None: no clipping).
+    """
+
+    optimizer: Adafactor | AdamW | None = None
+    learning_rate: float = 0.3
+    learning_rates: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    schedule: Callable[[float], optax.Schedule] | None = None
+    max_grad_norm: float | None = None
+
+    def __post_init__(self):
+        if self.optimizer is None:
+            object.__setattr__(self, "optimizer", Adafactor())
+        rates = dict(self.learning_rates)
+        for name, rate in {"learning_rate": self.learning_rate, **rates}.items():
+            if not rate > 0:
+                raise ValueError(f"PromptRecipe learning rate of {name!r} must be > 0, got {rate}")
+        # a tuple of pairs keeps the recipe hashable (a dict is not)
+        object.__setattr__(self, "learning_rates", tuple(sorted(rates.items())))
+
+    def rate(self, path: str) -> float:
+        """The learning rate of the parameter at ``path`` (``"a/b/name"``)."""
+        rates = dict(self.learning_rates)
+        if path in rates:
+            return rates[path]
+        return rates.get(path.rsplit("/", 1)[-1], self.learning_rate)
+
+    def _lr(self, rate: float) -> float | optax.Schedule:
+        return rate if self.schedule is None else self.schedule(rate)
+
+    def build(self, task_axis: Collection[str] = ()) -> optax.GradientTransformation:
+        """The optax transform of a prompt tree.
+
+        Args:
+          task_axis: paths of the parameters with one row per task along their first
+            axis (:func:`task_axis_params`); each row is optimised on its own and does
+            not move in a step that sends it no gradient (:func:`skip_without_gradient`).
+        """
+        task_axis = tuple(task_axis)
+        rates = dict(self.learning_rates)
+        groups = {f"rate:{k}": self._lr(v) for k, v in rates.items()}
+        groups["rate:"] = self._lr(self.learning_rate)
+        transforms = {k: self.optimizer.transform(lr) for k, lr in groups.items()}
+        for path in task_axis:
+            row = self.optimizer.transform(self._lr(self.rate(path)))
+            transforms[f"rows:{path}"] = per_task(skip_without_gradient(row))
+
+        def labels(params):
+            paths = {}
+
+            def label(path, _):
+                name = _path_name(path)
+                paths[name] = True
+                if name in task_axis:
+                    return f"rows:{name}"
+                if name in rates:
+                    return f"rate:{name}"
+                short = name.rsplit("/", 1)[-1]
+                return f"rate:{short}" if short in rates else "rate:"
+
+            tree = jax.tree_util.tree_map_with_path(label, params)
+            names = set(paths) | {p.rsplit("/", 1)[-1] for p in paths}
+            unknown = sorted((set(rates) | set(task_axis)) - names)
+            if unknown:
+                raise ValueError(
+                    f"PromptRecipe.learning_rates / task_axis name {unknown}, but the prompt's "
+                    f"parameters are {sorted(paths)}"
+                )
+            return tree
+
+        tx = optax.multi_transform(transforms, labels)
+        if self.max_grad_norm is not None:
+            tx = optax.chain(optax.clip_by_global_norm(self.max_grad_norm), tx)
+        return tx
+
+
+def make_optimizer(
+    recipe: PromptRecipe | None = None, *, task_axis: Collection[str] = ()
+) -> optax.GradientTransformation:
+    """``recipe.build(task_axis)``; ``recipe`` defaults to the gin-bound :class:`PromptRecipe`."""
+    return (PromptRecipe() if recipe is None else recipe).build(task_axis)
