@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import itertools
 import json
 import pathlib
 import time
@@ -45,7 +44,6 @@ import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from mpt_jax import assets
 from mpt_jax.data import synthetic
@@ -54,8 +52,8 @@ from mpt_jax.model import PromptedT5
 from mpt_jax.prompts import MultitaskPrompt, SinglePrompt, TaskPrompts
 from mpt_jax.prompts.accounting import count_parameters
 from mpt_jax.prompts.source_init import init_from_source
-from mpt_jax.training.objectives import distillation_loss_fn, task_loss_fn
-from mpt_jax.training.optimizers import make_optimizer, per_task
+from mpt_jax.training.objectives import Distillation, distillation_loss_fn, task_loss_fn
+from mpt_jax.training.optimizers import PromptRecipe, task_axis_params
 from mpt_jax.training.run_group import RunGroup, stack
 
 PyTree = Any
@@ -64,24 +62,36 @@ TARGET_LENGTH = 4  # "yes" + EOS
 
 PT, PT_RMS, SPOT = "prompt tuning", "prompt tuning at SPoT's RMS", "SPoT"
 MPT_SCRATCH, MPT_NO_KD, MPT, MPT_MULTI = (
-    "MPT from scratch", "MPT w/o distillation", "MPT", "MPT multi-target")  # fmt: skip
+    "MPT from scratch",
+    "MPT w/o distillation",
+    "MPT",
+    "MPT multi-target",
+)
 METHODS = (PT, PT_RMS, SPOT, MPT_SCRATCH, MPT_NO_KD, MPT, MPT_MULTI)
 
 #: What ``quick=True`` sets (a smoke run of every stage; its numbers mean little).
-QUICK = dict(teacher_steps=10, source_steps=10, target_steps=6, shots=(16,), seeds=(0,),
-             learning_rates=(0.3, 0.1), test_size=16, validation_size=8, eval_points=2,
-             source_train_size=64)  # fmt: skip
+QUICK = dict(
+    teacher_steps=10,
+    source_steps=10,
+    target_steps=6,
+    shots=(16,),
+    seeds=(0,),
+    learning_rates=(0.3, 0.1),
+    test_size=16,
+    validation_size=8,
+    eval_points=2,
+    source_train_size=64,
+)
 
 
-# -- the recipe of every stage ----------------------------------------------------------------
+# -- stages as run groups ---------------------------------------------------------------------
 
 
-def recipe(learning_rate: jax.Array) -> optax.GradientTransformation:
-    """Prompt tuning's optimizer (Adafactor, decay 0.8, wd 1e-5, parameter scaling off)
-    at a constant ``learning_rate`` (a per-run scalar inside a :class:`RunGroup`)."""
-    return make_optimizer(
-        learning_rate=1.0, multiply_by_parameter_scale=False, schedule=lambda _: learning_rate
-    )
+def group(model: PromptedT5, recipe: PromptRecipe, loss_fn=None) -> RunGroup:
+    """Runs of ``model``'s prompt with the recipe's optimizer (rows of task-indexed
+    parameters optimised per task) and ``loss_fn`` (default: the task loss)."""
+    task_axis = task_axis_params(model.prompt, model.config.emb_dim)
+    return RunGroup(task_loss_fn(model) if loss_fn is None else loss_fn, recipe.build(task_axis))
 
 
 def rms(x) -> float:
@@ -107,9 +117,7 @@ def prompts_of(generator: nn.Module, params: PyTree, num_tasks: int) -> jax.Arra
 def encode(examples: list[dict[str, str]], task_ids) -> dict[str, np.ndarray]:
     """``to_batch`` at the demo's lengths; ``task_ids`` an int or one per example."""
     ids = np.broadcast_to(np.asarray(task_ids, np.int32), (len(examples),))
-    return synthetic.to_batch(
-        examples, ids, input_length=INPUT_LENGTH, target_length=TARGET_LENGTH
-    )
+    return synthetic.to_batch(examples, ids, input_length=INPUT_LENGTH, target_length=TARGET_LENGTH)
 
 
 def draw(data: dict[str, np.ndarray], size: int, rng: np.random.Generator) -> dict:
@@ -144,20 +152,36 @@ def scorer(config, length: int) -> Callable:
     which is exactly when greedy decoding emits it.
     """
     model = PromptedT5(config, SinglePrompt(length=length, embed_dim=config.emb_dim))
-    labels = jnp.asarray(np.stack([encode([{"inputs": "", "targets": w}], 0)
-                                   ["decoder_target_tokens"][0] for w in synthetic.LABELS]))  # fmt: skip
+    labels = jnp.asarray(
+        np.stack(
+            [
+                encode([{"inputs": "", "targets": w}], 0)["decoder_target_tokens"][0]
+                for w in synthetic.LABELS
+            ]
+        )
+    )
 
     def one(prompt, backbone, data):
         params = {**backbone, "prompt": {"shared": prompt}}
         tokens = data["encoder_input_tokens"]  # [N, S]
         n, c = tokens.shape[0], labels.shape[0]
-        encoded = model.apply({"params": params}, tokens, jnp.zeros((n,), jnp.int32),
-                              enable_dropout=False,
-                              method=PromptedT5.encode)  # fmt: skip
+        encoded = model.apply(
+            {"params": params},
+            tokens,
+            jnp.zeros((n,), jnp.int32),
+            enable_dropout=False,
+            method=PromptedT5.encode,
+        )
         targets = jnp.tile(labels, (n, 1))  # [N · C, T], example-major
-        logits = model.apply({"params": params}, jnp.repeat(encoded, c, 0),
-                             jnp.repeat(tokens, c, 0), shift_right(targets), targets,
-                             enable_dropout=False, method=PromptedT5.decode)  # fmt: skip
+        logits = model.apply(
+            {"params": params},
+            jnp.repeat(encoded, c, 0),
+            jnp.repeat(tokens, c, 0),
+            shift_right(targets),
+            targets,
+            enable_dropout=False,
+            method=PromptedT5.decode,
+        )
         logp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
         token_ll = jnp.take_along_axis(logp, targets[..., None], -1)[..., 0] * (targets > 0)
         ll = token_ll.sum(-1).reshape(n, c)
@@ -169,7 +193,8 @@ def scorer(config, length: int) -> Callable:
     @jax.jit
     def score(prompts, backbone, data, which):
         return jax.vmap(one, in_axes=(0, None, 0))(
-            prompts, backbone, jax.tree.map(lambda x: x[which], data))
+            prompts, backbone, jax.tree.map(lambda x: x[which], data)
+        )
 
     return score
 
@@ -187,61 +212,77 @@ class Sources:
     mpt_no_kd: PyTree  # [B, ...] (λ = 0)
 
 
-def train_sources(backbone, config, benches, *, prompt_length, rank, teacher_steps,
-                  source_steps, train_size, batch_per_task, learning_rate, distill_weight,
-                  seed) -> tuple[Sources, PromptedT5]:  # fmt: skip
-    """Teachers + SPoT's mixture prompt, then MPT with and without distillation.
-
-    All benchmark seeds train together: run ``2b`` and ``2b + 1`` of each stage belong to
-    benchmark ``b``.
-    """
-    dim, frozen = config.emb_dim, {"backbone": backbone}
+def train_sources(
+    backbone,
+    config,
+    benches,
+    recipe: PromptRecipe,
+    distillation: Distillation,
+    *,
+    prompt_length,
+    rank,
+    teacher_steps,
+    source_steps,
+    train_size,
+    batch_per_task,
+    seed,
+) -> Sources:
+    """Teachers + SPoT's mixture prompt (one group), then MPT with and without distillation
+    (two groups). All benchmark seeds train together: run ``b`` of a group (``2b``, ``2b + 1``
+    in the first) belongs to benchmark ``b``."""
+    dim, frozen, n = config.emb_dim, {"backbone": backbone}, len(benches)
     num_sources = benches[0].num_source
-    pools = [[encode(bench.examples(t, "train", train_size), i)
-              for i, t in enumerate(bench.source_tasks)] for bench in benches]  # fmt: skip
+    pools = [
+        [
+            encode(bench.examples(t, "train", train_size), i)
+            for i, t in enumerate(bench.source_tasks)
+        ]
+        for bench in benches
+    ]
     keys = iter(jax.random.split(jax.random.key(seed), 8))
 
-    def batches(step: int, salt: int) -> list[dict]:
+    def batches(step: int, salt: int, copies: int) -> dict:
         rng = np.random.default_rng((seed, salt, step))
-        return [concat([draw(p, batch_per_task, rng) for p in pool]) for pool in pools]
+        per_bench = [concat([draw(p, batch_per_task, rng) for p in pool]) for pool in pools]
+        return stack_batches([b for b in per_bench for _ in range(copies)])
 
-    runs = 2 * len(benches)
-    hyper = {"learning_rate": jnp.full((runs,), learning_rate),
-             "distill_weight": jnp.tile(jnp.array([distill_weight, 0.0]), len(benches))}  # fmt: skip
-    rngs = jax.random.split(next(keys), runs)
-
-    # Teachers (run 2b) and SPoT's mixture prompt (run 2b + 1: every example is task 0).
+    # Teachers (run 2b) and SPoT's mixture prompt (run 2b + 1: every example is task 0, so
+    # only row 0 of its table trains; the other rows get no gradient and stay put).
     table = TaskPrompts(num_tasks=num_sources, length=prompt_length, embed_dim=dim)
     teacher_model = PromptedT5(config, table)
-    group = RunGroup(lambda h: task_loss_fn(teacher_model),
-                     lambda h: per_task(recipe(h["learning_rate"])))  # fmt: skip
-    state = group.init(stack([fresh(table, dim, k) for k in jax.random.split(next(keys), runs)]),
-                       hyper)  # fmt: skip
-    spot_ids = np.tile(np.array([[1], [0]], np.int32), (len(benches), 1))
-    for i in range(teacher_steps):
-        batch = stack_batches([b for b in batches(i, 0) for _ in range(2)])
-        batch["task_ids"] = batch["task_ids"] * spot_ids
-        state, _ = group.step(state, frozen, {}, batch, rngs, hyper)
-    tables = np.asarray(state.params["task_prompts"])
-    teachers, spot = tables[0::2], tables[1::2, 0]
-
-    # MPT (run 2b, λ = distill_weight) and MPT w/o distillation (run 2b + 1, λ = 0).
-    mpt_gen = MultitaskPrompt(num_tasks=num_sources, length=prompt_length, embed_dim=dim,
-                              num_ranks=rank)  # fmt: skip
-    student = PromptedT5(config, mpt_gen)
-    group = RunGroup(
-        lambda h: distillation_loss_fn(student, teacher_model, distill_weight=h["distill_weight"]),
-        lambda h: recipe(h["learning_rate"]),
+    teachers = group(teacher_model, recipe)
+    state = teachers.init(
+        stack([fresh(table, dim, k) for k in jax.random.split(next(keys), 2 * n)])
     )
-    start = fresh(mpt_gen, dim, next(keys))
-    state = group.init(stack([start] * runs), hyper)
-    per_run = {"teacher_prompt": {"task_prompts": jnp.repeat(jnp.asarray(teachers), 2, 0)}}
+    rngs, spot_ids = jax.random.split(next(keys), 2 * n), np.tile([[1], [0]], (n, 1))
+    for i in range(teacher_steps):
+        batch = batches(i, 0, 2)
+        state, _ = teachers.step(
+            state, frozen, {}, {**batch, "task_ids": batch["task_ids"] * spot_ids}, rngs
+        )
+    tables = np.asarray(state.params["task_prompts"])
+
+    # MPT (λ from ``distillation``) and MPT w/o distillation (the task loss), same start.
+    mpt_gen = MultitaskPrompt(
+        num_tasks=num_sources, length=prompt_length, embed_dim=dim, num_ranks=rank
+    )
+    student = PromptedT5(config, mpt_gen)
+    students = [
+        group(student, recipe, distillation_loss_fn(student, teacher_model, distillation)),
+        group(student, recipe),
+    ]
+    start = stack([fresh(mpt_gen, dim, next(keys))] * n)
+    states = [g.init(start) for g in students]
+    per_run = [{"teacher_prompt": {"task_prompts": jnp.asarray(tables[0::2])}}, {}]
+    rngs = jax.random.split(next(keys), n)
     for i in range(source_steps):
-        batch = stack_batches([b for b in batches(i, 1) for _ in range(2)])
-        state, _ = group.step(state, frozen, per_run, batch, rngs, hyper)
-    params = jax.tree.map(np.asarray, state.params)
-    pick = lambda tree, j: jax.tree.map(lambda x: x[j::2], tree)
-    return Sources(teachers, spot, pick(params, 0), pick(params, 1)), teacher_model
+        batch = batches(i, 1, 1)
+        states = [
+            g.step(st, frozen, pr, batch, rngs)[0]
+            for g, st, pr in zip(students, states, per_run, strict=True)
+        ]
+    mpt, no_kd = (jax.tree.map(np.asarray, st.params) for st in states)
+    return Sources(tables[0::2], tables[1::2, 0], mpt, no_kd)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -254,23 +295,28 @@ class Unit:
     seed: int
 
 
-def target_groups(config, sources: Sources, units: list[Unit], *, prompt_length, rank,
-                  num_targets, seed) -> list[tuple[nn.Module, list[str], PyTree, bool]]:  # fmt: skip
+def target_groups(
+    config, sources: Sources, units: list[Unit], *, prompt_length, rank, num_targets, seed
+) -> list[tuple[nn.Module, list[str], PyTree, bool]]:
     """``(generator, methods, initial params [len(methods) · runs, ...], multi_target)`` of each
     target group; runs are method-major, then one per unit (per (bench, k, seed) for the
     multi-target group)."""
     dim = config.emb_dim
     single = SinglePrompt(length=prompt_length, embed_dim=dim)
     one = MultitaskPrompt(num_tasks=1, length=prompt_length, embed_dim=dim, num_ranks=rank)
-    many = MultitaskPrompt(num_tasks=num_targets, length=prompt_length, embed_dim=dim,
-                           num_ranks=rank)  # fmt: skip
+    many = MultitaskPrompt(
+        num_tasks=num_targets, length=prompt_length, embed_dim=dim, num_ranks=rank
+    )
     key = lambda u: jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), u.seed), u.task)
     bench_tree = lambda tree, b: jax.tree.map(lambda x: x[b], tree)
-    average = lambda tree, b, n: init_from_source(bench_tree(tree, b), "average",
-                                                  num_target_tasks=n, rank=rank)  # fmt: skip
+    average = lambda tree, b, n: init_from_source(
+        bench_tree(tree, b), "average", num_target_tasks=n, rank=rank
+    )
     pt = [fresh(single, dim, key(u)) for u in units]
-    pt_rms = [{"shared": p["shared"] * rms(sources.spot[u.bench]) / rms(p["shared"])}
-              for p, u in zip(pt, units, strict=True)]  # fmt: skip
+    pt_rms = [
+        {"shared": p["shared"] * rms(sources.spot[u.bench]) / rms(p["shared"])}
+        for p, u in zip(pt, units, strict=True)
+    ]
     spot = [{"shared": jnp.asarray(sources.spot[u.bench])} for u in units]
     scratch = [fresh(one, dim, key(u)) for u in units]
     no_kd = [average(sources.mpt_no_kd, u.bench, 1) for u in units]
@@ -285,8 +331,10 @@ def target_groups(config, sources: Sources, units: list[Unit], *, prompt_length,
 
 def multi_units(units: list[Unit]) -> list[Unit]:
     """One unit per (bench, k, seed): the multi-target runs (task -1 = all targets)."""
-    return sorted({Unit(u.bench, -1, u.shots, u.seed) for u in units},
-                  key=lambda u: (u.bench, u.shots, u.seed))  # fmt: skip
+    return sorted(
+        {Unit(u.bench, -1, u.shots, u.seed) for u in units},
+        key=lambda u: (u.bench, u.shots, u.seed),
+    )
 
 
 # -- output -----------------------------------------------------------------------------------
@@ -321,8 +369,7 @@ def plot_curves(curves: dict, shots: Sequence[int], path: pathlib.Path) -> None:
     for ax, k in zip(axes[0], shots, strict=True):
         for i, (m, by_k) in enumerate(curves.items()):
             c = by_k[str(k)]
-            ax.plot(c["steps"], c["exact_match"], color=f"C{i}", marker="o", markersize=3,
-                    label=m)  # fmt: skip
+            ax.plot(c["steps"], c["exact_match"], color=f"C{i}", marker="o", markersize=3, label=m)
             ax.plot(c["steps"], c["rank_classification"], color=f"C{i}", linestyle=":")
         ax.set_title(f"{k}-shot target adaptation (dotted: rank classification)")
         ax.set_xlabel("training step")
@@ -347,10 +394,10 @@ def main(
     seeds: Sequence[int] = (0, 1, 2),
     shots: Sequence[int] = (16,),
     learning_rates: Sequence[float] = (0.3, 0.1),
-    source_learning_rate: float = 0.3,
+    recipe: PromptRecipe | None = None,
+    distillation: Distillation | None = None,
     prompt_length: int = 8,
     rank: int = 1,
-    distill_weight: float = 0.9,
     teacher_steps: int = 600,
     source_steps: int = 600,
     target_steps: int = 100,
@@ -374,10 +421,12 @@ def main(
       seeds: few-shot seeds (a seed draws the k-shot sample, the batch order, fresh inits).
       shots: examples per target task ``k`` (even).
       learning_rates: the target-adaptation grid each method picks its rate from on
-        validation data (one value: no selection).
-      source_learning_rate: the rate of the teacher and source stages.
+        validation data (one value: no selection); a rate scales the recipe's updates
+        by ``rate / recipe.learning_rate``.
+      recipe: the optimizer of every stage (None: the gin-bound ``PromptRecipe()``,
+        prompt tuning's Adafactor at 0.3); teachers and sources train at its rate.
+      distillation: MPT's λ and τ (None: the gin-bound ``Distillation()``).
       prompt_length / rank: ``L`` of every prompt; ``r`` of the task factors.
-      distill_weight: MPT's λ.
       teacher_steps / source_steps / target_steps: optimizer steps of each stage.
       source_train_size / source_batch_per_task: source training examples per task, and
         per task in a batch.
@@ -389,18 +438,36 @@ def main(
       verbose: print progress and the table.
     """
     if quick:
-        (teacher_steps, source_steps, target_steps, shots, seeds, learning_rates, test_size,
-         validation_size, eval_points, source_train_size) = QUICK.values()  # fmt: skip
+        (
+            teacher_steps,
+            source_steps,
+            target_steps,
+            shots,
+            seeds,
+            learning_rates,
+            test_size,
+            validation_size,
+            eval_points,
+            source_train_size,
+        ) = QUICK.values()
     shots, seeds, benchmark_seeds = tuple(shots), tuple(seeds), tuple(benchmark_seeds)
     learning_rates = tuple(float(r) for r in learning_rates)
-    for name, values in (("shots", shots), ("seeds", seeds), ("learning_rates", learning_rates),
-                         ("benchmark_seeds", benchmark_seeds)):  # fmt: skip
+    for name, values in (
+        ("shots", shots),
+        ("seeds", seeds),
+        ("learning_rates", learning_rates),
+        ("benchmark_seeds", benchmark_seeds),
+    ):
         if not values:
             raise ValueError(f"demo.main.{name} must name at least one value.")
     if any(k < 2 or k % 2 for k in shots):
         raise ValueError(f"demo.main.shots must be even numbers >= 2; got {shots}.")
-    for name, value in (("teacher_steps", teacher_steps), ("source_steps", source_steps),
-                        ("target_steps", target_steps), ("eval_points", eval_points)):  # fmt: skip
+    for name, value in (
+        ("teacher_steps", teacher_steps),
+        ("source_steps", source_steps),
+        ("target_steps", target_steps),
+        ("eval_points", eval_points),
+    ):
         if value < 1:
             raise ValueError(f"demo.main.{name} must be >= 1; got {value}.")
     start, seconds = time.time(), {}
@@ -408,55 +475,91 @@ def main(
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     config, backbone_params, info = assets.load_backbone(
-        assets.EMBEDDED_BACKBONE if backbone is None else pathlib.Path(backbone))  # fmt: skip
+        assets.EMBEDDED_BACKBONE if backbone is None else pathlib.Path(backbone)
+    )
     held = info.get("benchmark", {}).get("held_out_seeds", [0])
     if backbone is None and not set(benchmark_seeds) <= set(held):
         raise ValueError(
             f"demo.main.benchmark_seeds {benchmark_seeds}: the shipped backbone holds out the "
-            f"tasks of benchmark seeds {held} only.")  # fmt: skip
+            f"tasks of benchmark seeds {held} only."
+        )
     benches = [synthetic.EmbeddedBenchmark(seed=b) for b in benchmark_seeds]
     targets = benches[0].target_tasks
-    log(f"[demo] backbone {config.name}; {len(benches)} benchmark(s) of "
+    log(
+        f"[demo] backbone {config.name}; {len(benches)} benchmark(s) of "
         f"{benches[0].num_source} source and {len(targets)} target tasks; k {shots}, seeds "
-        f"{seeds}, learning rates {learning_rates}{'; quick' if quick else ''}")  # fmt: skip
+        f"{seeds}, learning rates {learning_rates}{'; quick' if quick else ''}"
+    )
 
     # ---- 1-2. teachers, SPoT's prompt, MPT with and without distillation --------------------
     t0 = time.time()
-    sources, _ = train_sources(
-        backbone_params, config, benches, prompt_length=prompt_length, rank=rank,
-        teacher_steps=teacher_steps, source_steps=source_steps, train_size=source_train_size,
-        batch_per_task=source_batch_per_task, learning_rate=source_learning_rate,
-        distill_weight=distill_weight, seed=seed)  # fmt: skip
+    recipe = PromptRecipe() if recipe is None else recipe
+    distillation = Distillation() if distillation is None else distillation
+    sources = train_sources(
+        backbone_params,
+        config,
+        benches,
+        recipe,
+        distillation,
+        prompt_length=prompt_length,
+        rank=rank,
+        teacher_steps=teacher_steps,
+        source_steps=source_steps,
+        train_size=source_train_size,
+        batch_per_task=source_batch_per_task,
+        seed=seed,
+    )
     seconds["sources"] = time.time() - t0
     score = scorer(config, prompt_length)
     source_report = source_accuracy(score, backbone_params, benches, sources, test_size, rank)
-    log(f"[demo] source stages {seconds['sources']:.0f} s; source-task test exact match: "
-        + ", ".join(f"{m} {a:.1f}" for m, a in source_report.items()))  # fmt: skip
+    log(
+        f"[demo] source stages {seconds['sources']:.0f} s; source-task test exact match: "
+        + ", ".join(f"{m} {a:.1f}" for m, a in source_report.items())
+    )
 
     # ---- 3. few-shot target adaptation -------------------------------------------------------
     t0 = time.time()
-    units = [Unit(b, j, k, s) for b in range(len(benches)) for j in range(len(targets))
-             for k in shots for s in seeds]  # fmt: skip
-    shots_data = {u: encode(benches[u.bench].few_shot(targets[u.task].name, u.shots, u.seed), 0)
-                  for u in units}  # fmt: skip
-    eval_sets = {split: stack_batches([encode(bench.examples(t, split, n), 0)
-                                       for bench in benches for t in bench.target_tasks])
-                 for split, n in (("test", test_size), ("validation", validation_size))}  # fmt: skip
+    units = [
+        Unit(b, j, k, s)
+        for b in range(len(benches))
+        for j in range(len(targets))
+        for k in shots
+        for s in seeds
+    ]
+    shots_data = {
+        u: encode(benches[u.bench].few_shot(targets[u.task].name, u.shots, u.seed), 0)
+        for u in units
+    }
+    eval_sets = {
+        split: stack_batches(
+            [
+                encode(bench.examples(t, split, n), 0)
+                for bench in benches
+                for t in bench.target_tasks
+            ]
+        )
+        for split, n in (("test", test_size), ("validation", validation_size))
+    }
     data_index = lambda u: u.bench * len(targets) + u.task
-    groups = target_groups(config, sources, units, prompt_length=prompt_length, rank=rank,
-                           num_targets=len(targets), seed=seed)  # fmt: skip
+    groups = target_groups(
+        config,
+        sources,
+        units,
+        prompt_length=prompt_length,
+        rank=rank,
+        num_targets=len(targets),
+        seed=seed,
+    )
     frozen = {"backbone": backbone_params}
-    trained = []  # [generator, multi, group, state, rows [(method, lr, unit)], hyper, rngs]
+    trained = []  # [generator, multi, group, state, rows [(method, lr, unit)], scale, rngs]
     for gen, methods, params, multi in groups:
         run_units = multi_units(units) if multi else units
         rows = [(m, lr, u) for lr in learning_rates for m in methods for u in run_units]
         params = jax.tree.map(lambda x: jnp.concatenate([x] * len(learning_rates)), params)
-        hyper = {"learning_rate": jnp.asarray([lr for _, lr, _ in rows], jnp.float32)}
-        model = PromptedT5(config, gen)
-        group = RunGroup(lambda h, model=model: task_loss_fn(model),
-                         lambda h: recipe(h["learning_rate"]))  # fmt: skip
+        scale = jnp.asarray([lr / recipe.learning_rate for _, lr, _ in rows], jnp.float32)
+        runs = group(PromptedT5(config, gen), recipe)
         rngs = jax.random.split(jax.random.key(seed + 1), len(rows))
-        trained.append([gen, multi, group, group.init(params, hyper), rows, hyper, rngs])
+        trained.append([gen, multi, runs, runs.init(params), rows, scale, rngs])
 
     def unit_batch(u: Unit, step: int) -> dict:
         rng = np.random.default_rng((seed, u.bench, u.task, u.shots, u.seed, step))
@@ -465,10 +568,12 @@ def main(
     def batch_of(row_unit: Unit, multi: bool, step: int) -> dict:
         if not multi:
             return unit_batch(row_unit, step)
-        parts = [unit_batch(dataclasses.replace(row_unit, task=j), step)
-                 for j in range(len(targets))]  # fmt: skip
-        return concat([{**p, "task_ids": np.full_like(p["task_ids"], j)}
-                       for j, p in enumerate(parts)])  # fmt: skip
+        parts = [
+            unit_batch(dataclasses.replace(row_unit, task=j), step) for j in range(len(targets))
+        ]
+        return concat(
+            [{**p, "task_ids": np.full_like(p["task_ids"], j)} for j, p in enumerate(parts)]
+        )
 
     def evaluate(split: str) -> tuple[list, np.ndarray, np.ndarray, np.ndarray]:
         """Scores every (method, lr, unit); ``keys`` list their (method, lr, unit)."""
@@ -485,8 +590,10 @@ def main(
         norms = np.sqrt(np.mean(np.square(np.asarray(jnp.stack(prompts))), axis=(1, 2)))
         return keys, np.asarray(em), np.asarray(rc), norms
 
-    eval_at = sorted({0, target_steps} | {round(target_steps * p / eval_points)
-                                          for p in range(1, eval_points + 1)})  # fmt: skip
+    eval_at = sorted(
+        {0, target_steps}
+        | {round(target_steps * p / eval_points) for p in range(1, eval_points + 1)}
+    )
     history = []
     for i in range(target_steps + 1):
         if i in eval_at:
@@ -494,26 +601,31 @@ def main(
         if i == target_steps:
             break
         for t in trained:
-            _, multi, group, state, rows, hyper, rngs = t
+            _, multi, runs, state, rows, scale, rngs = t
             batch = stack_batches([batch_of(u, multi, i) for _, _, u in rows])
-            t[3], _ = group.step(state, frozen, {}, batch, rngs, hyper)
+            t[3], _ = runs.step(state, frozen, {}, batch, rngs, scale)
     validation = evaluate("validation")
     seconds["targets"] = time.time() - t0
-    log(f"[demo] target adaptation: {sum(len(t[4]) for t in trained)} runs x {target_steps} "
-        f"steps ({seconds['targets']:.0f} s)")  # fmt: skip
+    log(
+        f"[demo] target adaptation: {sum(len(t[4]) for t in trained)} runs x {target_steps} "
+        f"steps ({seconds['targets']:.0f} s)"
+    )
 
     # ---- results ----------------------------------------------------------------------------
     report_methods, curves, target_rms = summarise(
-        history, validation, groups, shots, seeds, len(benches), learning_rates)
+        history, validation, groups, shots, seeds, len(benches), learning_rates
+    )
     table = format_table(report_methods, shots)
     seconds["total"] = time.time() - start
-    text = (f"Held-out target tasks of the embedded benchmark (seeds {benchmark_seeds}): test "
-            f"accuracy (%) after {target_steps} steps, mean over {len(targets)} tasks x "
-            f"few-shot seeds {seeds} (± std over seeds); EM exact match, RC rank "
-            f"classification; lr picked on validation EM from {learning_rates}; chance 50%.\n"
-            f"{table}\n(source-task exact match: "
-            + ", ".join(f"{m} {a:.1f}" for m, a in source_report.items())
-            + f"; total {seconds['total']:.0f} s)")  # fmt: skip
+    text = (
+        f"Held-out target tasks of the embedded benchmark (seeds {benchmark_seeds}): test "
+        f"accuracy (%) after {target_steps} steps, mean over {len(targets)} tasks x "
+        f"few-shot seeds {seeds} (± std over seeds); EM exact match, RC rank "
+        f"classification; lr picked on validation EM from {learning_rates}; chance 50%.\n"
+        f"{table}\n(source-task exact match: "
+        + ", ".join(f"{m} {a:.1f}" for m, a in source_report.items())
+        + f"; total {seconds['total']:.0f} s)"
+    )
     log("\n" + text)
     plot_curves(curves, shots, out / "learning_curves.png")
     (out / "table.txt").write_text(text + "\n")
@@ -522,36 +634,57 @@ def main(
         "methods": report_methods,
         "curves": curves,
         "source_accuracy": source_report,
-        "rms": {"token_embedding": rms(backbone_params["token_embedder"]["embedding"]),
-                "source": source_rms(sources, rank), "target": target_rms},  # fmt: skip
-        "tasks": {f"{b}/{t.name}": {"set_a": t.set_a, "set_b": t.set_b}
-                  for b, bench in zip(benchmark_seeds, benches, strict=True)
-                  for t in bench.tasks},  # fmt: skip
+        "rms": {
+            "token_embedding": rms(backbone_params["token_embedder"]["embedding"]),
+            "source": source_rms(sources, rank),
+            "target": target_rms,
+        },
+        "tasks": {
+            f"{b}/{t.name}": {"set_a": t.set_a, "set_b": t.set_b}
+            for b, bench in zip(benchmark_seeds, benches, strict=True)
+            for t in bench.tasks
+        },
         "seconds": seconds,
         "backbone": {k: v for k, v in info.items() if k != "history"},
-        "settings": dict(quick=quick, benchmark_seeds=list(benchmark_seeds), seeds=list(seeds),
-                         shots=list(shots), learning_rates=list(learning_rates),
-                         source_learning_rate=source_learning_rate,
-                         prompt_length=prompt_length, rank=rank, distill_weight=distill_weight,
-                         teacher_steps=teacher_steps, source_steps=source_steps,
-                         target_steps=target_steps, test_size=test_size,
-                         validation_size=validation_size,
-                         target_batch_size=target_batch_size),  # fmt: skip
+        "settings": dict(
+            quick=quick,
+            benchmark_seeds=list(benchmark_seeds),
+            seeds=list(seeds),
+            shots=list(shots),
+            learning_rates=list(learning_rates),
+            recipe=repr(recipe),
+            distillation=repr(distillation),
+            prompt_length=prompt_length,
+            rank=rank,
+            teacher_steps=teacher_steps,
+            source_steps=source_steps,
+            target_steps=target_steps,
+            test_size=test_size,
+            validation_size=validation_size,
+            target_batch_size=target_batch_size,
+        ),
     }
     (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
-    log(f"[demo] wrote {out / 'table.txt'}, {out / 'results.json'}, "
-        f"{out / 'learning_curves.png'}")  # fmt: skip
+    log(f"[demo] wrote {out / 'table.txt'}, {out / 'results.json'}, {out / 'learning_curves.png'}")
     return report
 
 
 def source_accuracy(score, backbone, benches, sources: Sources, test_size: int, rank: int):
     """Test exact match on the source tasks of every source prompt (mean over benchmarks)."""
     del rank
-    tables = {"teachers": sources.teachers,
-              SPOT: np.broadcast_to(sources.spot[:, None], sources.teachers.shape),
-              MPT: mpt_task_prompts(sources.mpt), MPT_NO_KD: mpt_task_prompts(sources.mpt_no_kd)}  # fmt: skip
-    data = stack_batches([encode(bench.examples(t, "test", test_size), 0)
-                          for bench in benches for t in bench.source_tasks])  # fmt: skip
+    tables = {
+        "teachers": sources.teachers,
+        SPOT: np.broadcast_to(sources.spot[:, None], sources.teachers.shape),
+        MPT: mpt_task_prompts(sources.mpt),
+        MPT_NO_KD: mpt_task_prompts(sources.mpt_no_kd),
+    }
+    data = stack_batches(
+        [
+            encode(bench.examples(t, "test", test_size), 0)
+            for bench in benches
+            for t in bench.source_tasks
+        ]
+    )
     out = {}
     for name, table in tables.items():
         flat = jnp.asarray(table.reshape((-1,) + table.shape[2:]))  # [B · T, L, D]
@@ -570,7 +703,7 @@ def source_rms(sources: Sources, rank: int) -> dict:
     """RMS of every source prompt (per benchmark), and of the target prompts they start."""
     out = []
     for b in range(sources.spot.shape[0]):
-        pick = lambda tree: jax.tree.map(lambda x: x[b], tree)
+        pick = lambda tree, b=b: jax.tree.map(lambda x: x[b], tree)
         row = {"teachers": [rms(t) for t in sources.teachers[b]], SPOT: rms(sources.spot[b])}
         for name, params in ((MPT, sources.mpt), (MPT_NO_KD, sources.mpt_no_kd)):
             p = pick(params)
@@ -578,9 +711,10 @@ def source_rms(sources: Sources, rank: int) -> dict:
             row[name] = {
                 "shared": rms(p["shared"]),
                 "task_prompts": [rms(t) for t in mpt_task_prompts(params)[b]],
-                "target_start": rms(start["shared"] * (start["task_cols"][0] @
-                                                       start["task_rows"][0])),
-            }  # fmt: skip
+                "target_start": rms(
+                    start["shared"] * (start["task_cols"][0] @ start["task_rows"][0])
+                ),
+            }
         out.append(row)
     return out
 
@@ -589,12 +723,18 @@ def summarise(history, validation, groups, shots, seeds, num_benches, learning_r
     """Per method: the rate with the best validation EM, and at that rate the test scores
     (step 0 and final, mean and std over (benchmark, seed)), curves and prompt RMS."""
     methods = [m for _, ms, _, _ in groups for m in ms]
-    params_per_task = {m: int(count_parameters(gen).per_task) for gen, ms, _, _ in groups
-                       for m in ms}  # fmt: skip
+    params_per_task = {
+        m: int(count_parameters(gen).per_task) for gen, ms, _, _ in groups for m in ms
+    }
 
     def select(keys, values, m, lr, k=None):
-        return np.asarray([v for (mm, ll, u), v in zip(keys, values, strict=True)
-                           if mm == m and ll == lr and (k is None or u.shots == k)])  # fmt: skip
+        return np.asarray(
+            [
+                v
+                for (mm, ll, u), v in zip(keys, values, strict=True)
+                if mm == m and ll == lr and (k is None or u.shots == k)
+            ]
+        )
 
     v_keys, v_em = validation[0], validation[1]
     report, curves, target_rms = {}, {}, {}
@@ -602,34 +742,44 @@ def summarise(history, validation, groups, shots, seeds, num_benches, learning_r
         by_lr = {lr: float(select(v_keys, v_em, m, lr).mean()) for lr in learning_rates}
         lr = max(by_lr, key=by_lr.get)
         (_, keys, em0, rc0, norm0), (_, _, em, rc, norm) = history[0], history[-1]
-        entry = {"learning_rate": lr, "validation_exact_match": by_lr,
-                 "params_per_task": params_per_task[m],
-                 "step0_exact_match": float(select(keys, em0, m, lr).mean()),
-                 "step0_rank_classification": float(select(keys, rc0, m, lr).mean()),
-                 "shots": {}}  # fmt: skip
+        entry = {
+            "learning_rate": lr,
+            "validation_exact_match": by_lr,
+            "params_per_task": params_per_task[m],
+            "step0_exact_match": float(select(keys, em0, m, lr).mean()),
+            "step0_rank_classification": float(select(keys, rc0, m, lr).mean()),
+            "shots": {},
+        }
         curves[m] = {}
         for k in shots:
             units = [u for (mm, ll, u) in keys if mm == m and ll == lr and u.shots == k]
             e, r = select(keys, em, m, lr, k), select(keys, rc, m, lr, k)
             groups_of = [(u.bench, u.seed) for u in units]
-            per_seed = [np.mean([x for x, g in zip(e, groups_of, strict=True) if g == s])
-                        for s in sorted(set(groups_of))]  # fmt: skip
+            per_seed = [
+                np.mean([x for x, g in zip(e, groups_of, strict=True) if g == s])
+                for s in sorted(set(groups_of))
+            ]
             entry["shots"][str(k)] = {
-                "exact_match": float(e.mean()), "exact_match_std": float(np.std(per_seed)),
+                "exact_match": float(e.mean()),
+                "exact_match_std": float(np.std(per_seed)),
                 "rank_classification": float(r.mean()),
                 "step0_exact_match": float(select(keys, em0, m, lr, k).mean()),
                 "step0_rank_classification": float(select(keys, rc0, m, lr, k).mean()),
-                "per_task_exact_match": [float(np.mean([x for x, u in zip(e, units, strict=True)
-                                                        if u.task == j]))
-                                         for j in sorted({u.task for u in units})],
-            }  # fmt: skip
+                "per_task_exact_match": [
+                    float(np.mean([x for x, u in zip(e, units, strict=True) if u.task == j]))
+                    for j in sorted({u.task for u in units})
+                ],
+            }
             curves[m][str(k)] = {
                 "steps": [h[0] for h in history],
                 "exact_match": [float(select(h[1], h[2], m, lr, k).mean()) for h in history],
-                "rank_classification": [float(select(h[1], h[3], m, lr, k).mean())
-                                        for h in history],
-            }  # fmt: skip
-        target_rms[m] = {"step0": float(select(keys, norm0, m, lr).mean()),
-                         "final": float(select(keys, norm, m, lr).mean())}  # fmt: skip
+                "rank_classification": [
+                    float(select(h[1], h[3], m, lr, k).mean()) for h in history
+                ],
+            }
+        target_rms[m] = {
+            "step0": float(select(keys, norm0, m, lr).mean()),
+            "final": float(select(keys, norm, m, lr).mean()),
+        }
         report[m] = entry
     return report, curves, target_rms

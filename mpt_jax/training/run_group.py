@@ -1,24 +1,29 @@
 """Several independent prompt runs trained at once: states stacked on a run axis, one ``vmap``.
 
-A :class:`RunGroup` is ``R`` runs of one prompt generator (one parameter structure) that
-differ in their initial prompts, their batches, their dropout keys and any per-run
-hyper-parameters (a learning rate, a distillation weight). Their train states are one
+A :class:`RunGroup` is ``R`` runs of one objective and one optimizer (so one prompt
+generator) that differ in their initial prompts, batches, dropout keys, per-run frozen
+trees (each run's teachers) and learning-rate multipliers. Their states are one
 :class:`~mpt_jax.training.state.TrainState` whose leaves carry a leading run axis
-``[R, ...]``; one compiled step advances all of them. Runs never interact: run ``r`` of a
-group follows exactly the trajectory of :func:`~mpt_jax.training.step.train_step_fn` on
-its own (``tests/test_run_group.py``).
+``[R, ...]``; one compiled step advances all of them. Runs never interact: run ``r``
+follows exactly the trajectory of :func:`~mpt_jax.training.step.train_step_fn` alone
+(``tests/test_run_group.py``)::
 
-    group = RunGroup(loss=lambda h: task_loss_fn(model),
-                     optimizer=lambda h: recipe_at(h["learning_rate"]))
-    state = group.init(params, {"learning_rate": jnp.array([0.3, 0.1])})   # R = 2
-    state, metrics = group.step(state, {"backbone": backbone}, {}, batch, rngs, hyper)
+    group = RunGroup(stage.loss_fn, stage.optimizer)
+    state = group.init(stack([params_a, params_b]))                    # R = 2
+    state, metrics = group.step(state, frozen, {}, batch, rngs, lr_scale=jnp.array([1, 0.5]))
+
+``lr_scale`` multiplies run ``r``'s whole update (after the optimizer), so with
+Adafactor's decoupled weight decay ``wd · θ`` it scales that term too (1e-5 per step in
+prompt tuning's recipe: a rate grid of 0.3 / 0.1 differs from separate optimizers built at
+those rates by at most ``2/3 · 1e-5 · θ`` per step). ``lr_scale = 1`` is the optimizer
+exactly.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -30,8 +35,6 @@ from mpt_jax.training.state import TrainState
 from mpt_jax.training.step import train_step_fn
 
 PyTree = Any
-#: Per-run hyper-parameters: name → ``[R]`` array (one scalar per run inside the step).
-Hyper = Mapping[str, jax.Array]
 
 
 def stack(trees: list[PyTree]) -> PyTree:
@@ -39,34 +42,31 @@ def stack(trees: list[PyTree]) -> PyTree:
     return jax.tree.map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *trees)
 
 
-def num_runs(tree: PyTree) -> int:
-    """``R``: the leading axis of a stacked tree."""
-    return int(jax.tree.leaves(tree)[0].shape[0])
-
-
 @dataclasses.dataclass(frozen=True, eq=False)
 class RunGroup:
-    """``R`` independent runs of one generator, stepped together.
+    """``R`` independent runs of one objective and optimizer, stepped together.
 
     Attributes:
-      loss: ``loss(hyper) -> LossFn`` for one run; ``hyper`` holds that run's scalars
-        (e.g. ``distillation_loss_fn(student, teacher, distill_weight=hyper["w"])``).
-      optimizer: ``optimizer(hyper) -> optax.GradientTransformation`` for one run
-        (e.g. the recipe at ``hyper["learning_rate"]``). Its state's structure must not
-        depend on ``hyper``'s values.
+      loss_fn: the objective of one run (:mod:`mpt_jax.training.objectives`).
+      optimizer: the optimizer of one run (e.g. ``PromptRecipe().build(...)``).
     """
 
-    loss: Callable[[Hyper], LossFn]
-    optimizer: Callable[[Hyper], optax.GradientTransformation]
+    loss_fn: LossFn
+    optimizer: optax.GradientTransformation
 
-    def init(self, params: PyTree, hyper: Hyper) -> TrainState:
-        """Step-0 states ``[R, ...]`` from initial prompt trees ``params`` ``[R, ...]``."""
-        return jax.vmap(lambda p, h: TrainState.create(p, self.optimizer(h)))(params, dict(hyper))
+    def init(self, params: PyTree) -> TrainState:
+        """Step-0 states ``[R, ...]`` from initial prompt trees ``params`` ``[R, ...]`` (copied:
+        :meth:`step` donates the state, and ``params`` may be shared with other groups)."""
+        params = jax.tree.map(jnp.array, params)
+        return jax.vmap(lambda p: TrainState.create(p, self._tx(jnp.ones(()))))(params)
+
+    def _tx(self, lr_scale: jax.Array) -> optax.GradientTransformation:
+        return optax.chain(self.optimizer, optax.scale(lr_scale))
 
     @functools.cached_property
     def _step(self):
-        def one(state, frozen, per_run, batch, rng, hyper):
-            step = train_step_fn(self.loss(hyper), self.optimizer(hyper))
+        def one(state, frozen, per_run, batch, rng, lr_scale):
+            step = train_step_fn(self.loss_fn, self._tx(lr_scale))
             return step(state, {**frozen, **per_run}, batch, rng)
 
         return jax.jit(jax.vmap(one, in_axes=(0, None, 0, 0, 0, 0)), donate_argnums=(0,))
@@ -78,7 +78,7 @@ class RunGroup:
         per_run: PyTree,
         batch: Mapping[str, Any],
         rngs: jax.Array,
-        hyper: Hyper,
+        lr_scale: jax.Array | None = None,
     ) -> tuple[TrainState, dict[str, jax.Array]]:
         """One step of every run.
 
@@ -86,10 +86,10 @@ class RunGroup:
           state: the runs' states ``[R, ...]`` (donated).
           frozen: the tree every run shares (``{"backbone": ...}``).
           per_run: frozen entries that differ by run, ``[R, ...]`` (e.g. each run's
-            ``teacher_prompt``); merged into ``frozen`` for run ``r``.
-          batch: ``[R, B, ...]``, run ``r`` trains on ``batch[r]``.
+            ``teacher_prompt``); merged over ``frozen`` for run ``r``.
+          batch: ``[R, B, ...]``: run ``r`` trains on ``batch[r]``.
           rngs: ``[R]`` keys (dropout; folded with the step inside).
-          hyper: ``[R]`` arrays.
+          lr_scale: ``[R]`` multipliers of each run's update (None: all 1).
 
         Returns:
           ``(state, metrics)``, metrics ``[R]`` each.
@@ -97,7 +97,9 @@ class RunGroup:
         Raises:
           FloatingPointError: when a run's loss or gradient is not finite, naming the runs.
         """
-        state, metrics = self._step(state, frozen, per_run, dict(batch), rngs, dict(hyper))
+        runs = rngs.shape[0]
+        scale = jnp.ones((runs,)) if lr_scale is None else jnp.asarray(lr_scale, jnp.float32)
+        state, metrics = self._step(state, frozen, per_run, dict(batch), rngs, scale)
         bad = jnp.asarray(metrics["nonfinite"])
         if bool(jnp.any(bad)):
             raise FloatingPointError(
