@@ -337,6 +337,120 @@ def multi_units(units: list[Unit]) -> list[Unit]:
     )
 
 
+def adapt_targets(
+    config,
+    backbone,
+    benches,
+    sources: Sources,
+    recipe: PromptRecipe,
+    score,
+    *,
+    shots,
+    seeds,
+    learning_rates,
+    prompt_length,
+    rank,
+    target_steps,
+    batch_size,
+    test_size,
+    validation_size,
+    eval_points,
+    seed,
+):
+    """Trains every (method, rate, benchmark, task, k, seed) run, its group's runs in one step.
+
+    Returns:
+      ``(history, validation, groups, runs)``: ``history`` lists ``(step, keys, em, rc,
+      rms)`` test evaluations, ``keys`` the ``(method, rate, Unit)`` of each score;
+      ``validation`` the same after the last step on the validation split; ``groups``
+      :func:`target_groups`; ``runs`` the number of runs.
+    """
+    targets = benches[0].target_tasks
+    units = [
+        Unit(b, j, k, s)
+        for b in range(len(benches))
+        for j in range(len(targets))
+        for k in shots
+        for s in seeds
+    ]
+    shots_data = {
+        u: encode(benches[u.bench].few_shot(targets[u.task].name, u.shots, u.seed), 0)
+        for u in units
+    }
+    eval_sets = {
+        split: stack_batches(
+            [
+                encode(bench.examples(t, split, n), 0)
+                for bench in benches
+                for t in bench.target_tasks
+            ]
+        )
+        for split, n in (("test", test_size), ("validation", validation_size))
+    }
+    groups = target_groups(
+        config,
+        sources,
+        units,
+        prompt_length=prompt_length,
+        rank=rank,
+        num_targets=len(targets),
+        seed=seed,
+    )
+    frozen = {"backbone": backbone}
+    trained = []  # [generator, multi, group, state, rows [(method, lr, unit)], scale, rngs]
+    for gen, methods, params, multi in groups:
+        run_units = multi_units(units) if multi else units
+        rows = [(m, lr, u) for lr in learning_rates for m in methods for u in run_units]
+        params = jax.tree.map(lambda x: jnp.concatenate([x] * len(learning_rates)), params)
+        scale = jnp.asarray([lr / recipe.learning_rate for _, lr, _ in rows], jnp.float32)
+        runs = group(PromptedT5(config, gen), recipe)
+        rngs = jax.random.split(jax.random.key(seed + 1), len(rows))
+        trained.append([gen, multi, runs, runs.init(params), rows, scale, rngs])
+
+    def unit_batch(u: Unit, step: int) -> dict:
+        rng = np.random.default_rng((seed, u.bench, u.task, u.shots, u.seed, step))
+        return draw(shots_data[u], batch_size, rng)
+
+    def batch_of(u: Unit, multi: bool, step: int) -> dict:
+        """Run ``u``'s batch; a multi-target run gets every target's, ids 0 … T-1."""
+        if not multi:
+            return unit_batch(u, step)
+        parts = [unit_batch(dataclasses.replace(u, task=j), step) for j in range(len(targets))]
+        return concat(
+            [{**p, "task_ids": np.full_like(p["task_ids"], j)} for j, p in enumerate(parts)]
+        )
+
+    def evaluate(split: str) -> tuple[list, np.ndarray, np.ndarray, np.ndarray]:
+        """Scores every (method, lr, unit) prompt; a multi-target run gives one per task."""
+        keys, prompts = [], []
+        for gen, multi, _, state, rows, _, _ in trained:
+            p = prompts_of(gen, state.params, len(targets) if multi else 1)
+            for r, (m, lr, u) in enumerate(rows):
+                for j in range(len(targets)) if multi else [u.task]:
+                    keys.append((m, lr, dataclasses.replace(u, task=j)))
+                    prompts.append(p[r, j if multi else 0])
+        which = np.asarray([u.bench * len(targets) + u.task for _, _, u in keys])
+        prompts = jnp.stack(prompts)
+        em, rc = score(prompts, backbone, eval_sets[split], which)
+        norms = np.sqrt(np.mean(np.square(np.asarray(prompts)), axis=(1, 2)))
+        return keys, np.asarray(em), np.asarray(rc), norms
+
+    eval_at = {0, target_steps} | {
+        round(target_steps * p / eval_points) for p in range(1, eval_points + 1)
+    }
+    history = []
+    for i in range(target_steps + 1):
+        if i in eval_at:
+            history.append((i, *evaluate("test")))
+        if i == target_steps:
+            break
+        for t in trained:
+            _, multi, runs, state, rows, scale, rngs = t
+            batch = stack_batches([batch_of(u, multi, i) for _, _, u in rows])
+            t[3], _ = runs.step(state, frozen, {}, batch, rngs, scale)
+    return history, evaluate("validation"), groups, sum(len(t[4]) for t in trained)
+
+
 # -- output -----------------------------------------------------------------------------------
 
 
@@ -519,96 +633,28 @@ def main(
 
     # ---- 3. few-shot target adaptation -------------------------------------------------------
     t0 = time.time()
-    units = [
-        Unit(b, j, k, s)
-        for b in range(len(benches))
-        for j in range(len(targets))
-        for k in shots
-        for s in seeds
-    ]
-    shots_data = {
-        u: encode(benches[u.bench].few_shot(targets[u.task].name, u.shots, u.seed), 0)
-        for u in units
-    }
-    eval_sets = {
-        split: stack_batches(
-            [
-                encode(bench.examples(t, split, n), 0)
-                for bench in benches
-                for t in bench.target_tasks
-            ]
-        )
-        for split, n in (("test", test_size), ("validation", validation_size))
-    }
-    data_index = lambda u: u.bench * len(targets) + u.task
-    groups = target_groups(
+    history, validation, groups, runs = adapt_targets(
         config,
+        backbone_params,
+        benches,
         sources,
-        units,
+        recipe,
+        score,
+        shots=shots,
+        seeds=seeds,
+        learning_rates=learning_rates,
         prompt_length=prompt_length,
         rank=rank,
-        num_targets=len(targets),
+        target_steps=target_steps,
+        batch_size=target_batch_size,
+        test_size=test_size,
+        validation_size=validation_size,
+        eval_points=eval_points,
         seed=seed,
     )
-    frozen = {"backbone": backbone_params}
-    trained = []  # [generator, multi, group, state, rows [(method, lr, unit)], scale, rngs]
-    for gen, methods, params, multi in groups:
-        run_units = multi_units(units) if multi else units
-        rows = [(m, lr, u) for lr in learning_rates for m in methods for u in run_units]
-        params = jax.tree.map(lambda x: jnp.concatenate([x] * len(learning_rates)), params)
-        scale = jnp.asarray([lr / recipe.learning_rate for _, lr, _ in rows], jnp.float32)
-        runs = group(PromptedT5(config, gen), recipe)
-        rngs = jax.random.split(jax.random.key(seed + 1), len(rows))
-        trained.append([gen, multi, runs, runs.init(params), rows, scale, rngs])
-
-    def unit_batch(u: Unit, step: int) -> dict:
-        rng = np.random.default_rng((seed, u.bench, u.task, u.shots, u.seed, step))
-        return draw(shots_data[u], target_batch_size, rng)
-
-    def batch_of(row_unit: Unit, multi: bool, step: int) -> dict:
-        if not multi:
-            return unit_batch(row_unit, step)
-        parts = [
-            unit_batch(dataclasses.replace(row_unit, task=j), step) for j in range(len(targets))
-        ]
-        return concat(
-            [{**p, "task_ids": np.full_like(p["task_ids"], j)} for j, p in enumerate(parts)]
-        )
-
-    def evaluate(split: str) -> tuple[list, np.ndarray, np.ndarray, np.ndarray]:
-        """Scores every (method, lr, unit); ``keys`` list their (method, lr, unit)."""
-        keys, prompts = [], []
-        for gen, multi, _, state, rows, _, _ in trained:
-            p = prompts_of(gen, state.params, len(targets) if multi else 1)
-            for r, (m, lr, u) in enumerate(rows):
-                tasks = range(len(targets)) if multi else [u.task]
-                for j in tasks:
-                    keys.append((m, lr, dataclasses.replace(u, task=j)))
-                    prompts.append(p[r, j if multi else 0])
-        which = np.asarray([data_index(u) for _, _, u in keys])
-        em, rc = score(jnp.stack(prompts), backbone_params, eval_sets[split], which)
-        norms = np.sqrt(np.mean(np.square(np.asarray(jnp.stack(prompts))), axis=(1, 2)))
-        return keys, np.asarray(em), np.asarray(rc), norms
-
-    eval_at = sorted(
-        {0, target_steps}
-        | {round(target_steps * p / eval_points) for p in range(1, eval_points + 1)}
-    )
-    history = []
-    for i in range(target_steps + 1):
-        if i in eval_at:
-            history.append((i, *evaluate("test")))
-        if i == target_steps:
-            break
-        for t in trained:
-            _, multi, runs, state, rows, scale, rngs = t
-            batch = stack_batches([batch_of(u, multi, i) for _, _, u in rows])
-            t[3], _ = runs.step(state, frozen, {}, batch, rngs, scale)
-    validation = evaluate("validation")
     seconds["targets"] = time.time() - t0
     log(
-        f"[demo] target adaptation: {sum(len(t[4]) for t in trained)} runs x {target_steps} "
-        f"steps ({seconds['targets']:.0f} s)"
+        f"[demo] target adaptation: {runs} runs x {target_steps} steps ({seconds['targets']:.0f} s)"
     )
 
     # ---- results ----------------------------------------------------------------------------
