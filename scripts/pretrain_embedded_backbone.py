@@ -3,7 +3,8 @@
 The backbone learns to read and write the world's symbols from the *instructed*
 pretraining mixture of :func:`mpt_jax.data.synthetic.pretraining_examples` (compare two
 symbol sets spelled in the input, filter a set, copy). Every benchmark task — source and
-held-out target, in either order of its sets — is excluded from it, so prompt tuning on
+held-out target, in either order of its sets, of every benchmark seed in
+``synthetic.HELD_OUT_SEEDS`` — is excluded from it, so prompt tuning on
 the benchmark later has to find each task's "instruction" itself.
 
 Every weight trains (:mod:`mpt_jax.training.full_finetune`), AdamW with linear warm-up
@@ -73,7 +74,9 @@ def main(argv: list[str] | None = None) -> dict:
     config = embedded_backbone_config()
     model = T5(config)
 
-    examples = synthetic.pretraining_examples(bench, args.steps * args.batch_size, seed=args.seed)
+    examples = synthetic.pretraining_examples(
+        bench, args.steps * args.batch_size, seed=args.seed, held_out_seeds=synthetic.HELD_OUT_SEEDS
+    )
     data = synthetic.to_batch(
         examples,
         np.zeros(len(examples), np.int32),
@@ -148,6 +151,8 @@ def main(argv: list[str] | None = None) -> dict:
             "seed": bench.seed,
             "num_source": bench.num_source,
             "num_target": bench.num_target,
+            "shared_anchor": bench.shared_anchor,
+            "held_out_seeds": list(synthetic.HELD_OUT_SEEDS),
         },  # fmt: skip
     }
     save_backbone(args.out, config, jax.device_get(state.params), info)

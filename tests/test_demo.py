@@ -1,4 +1,4 @@
-"""The default run in quick mode: every method row, sane scores, the plot, parameter formulas."""
+"""The default run in quick mode: every method's row, results.json, RMS figures, the scorer."""
 
 import json
 import math
@@ -9,7 +9,7 @@ import pytest
 
 from mpt_jax import assets
 from mpt_jax.data import synthetic
-from mpt_jax.decoding import greedy_decode
+from mpt_jax.decoding import greedy_decode, rank_classification
 from mpt_jax.model import PromptedT5
 from mpt_jax.prompts import SinglePrompt
 from mpt_jax.runner import demo
@@ -23,104 +23,125 @@ def report(tmp_path_factory):
     return out, demo.main(quick=True, out_dir=str(out), verbose=False)
 
 
-def test_every_method_has_a_row_with_finite_scores(report):
+def test_every_method_has_a_row_and_results_json(report):
     out, rep = report
-    methods = [demo.VANILLA, demo.SPOT, demo.MPT_NO_KD, demo.MPT, demo.composition_name("add")]
-    assert list(rep["results"]) == methods
-    first_column = [line[:24].rstrip() for line in rep["table"].splitlines()]
-    for m in methods:
+    assert list(rep["methods"]) == list(demo.METHODS)
+    first_column = [line[:28].rstrip() for line in rep["table"].splitlines()]
+    for m in demo.METHODS:
         assert first_column.count(m) == 1, m
-        for k, r in rep["results"][m].items():
-            scores = np.array(r["per_seed_per_task"])
-            assert scores.shape == (len(rep["settings"]["seeds"]), 4), (m, k)
-            assert np.all(np.isfinite(scores)) and np.all((scores >= 0) & (scores <= 100))
-            # a score is a fraction of the test examples
-            np.testing.assert_allclose(scores * rep["settings"]["test_size"] / 100,
-                                       np.round(scores * rep["settings"]["test_size"] / 100),
-                                       atol=1e-3)  # fmt: skip
-            assert math.isclose(r["mean"], float(scores.mean()), rel_tol=1e-6)
-    for m, acc in rep["source"].items():
-        assert 0.0 <= acc <= 100.0, m
-    assert json.loads((out / "results.json").read_text())["results"] == rep["results"]
+    saved = json.loads((out / "results.json").read_text())
+    assert set(saved) >= {"table", "methods", "curves", "rms", "source_accuracy", "settings"}
+    assert saved["methods"] == rep["methods"]
     assert (out / "table.txt").read_text().startswith("Held-out target tasks")
+    assert (out / "learning_curves.png").read_bytes()[:8] == PNG_SIGNATURE
+    grid = rep["settings"]["learning_rates"]
+    tests = rep["settings"]["test_size"]
+    for m, r in rep["methods"].items():
+        assert r["learning_rate"] in grid and set(r["validation_exact_match"]) == set(grid)
+        # the chosen rate is the best on validation
+        assert r["validation_exact_match"][r["learning_rate"]] == max(
+            r["validation_exact_match"].values()
+        )
+        s = r["shots"]["16"]
+        for key in ("exact_match", "rank_classification", "step0_rank_classification"):
+            assert 0.0 <= s[key] <= 100.0, (m, key)
+        for v in s["per_task_exact_match"]:  # a score is a fraction of the test examples
+            assert math.isclose(v * tests / 100, round(v * tests / 100), abs_tol=1e-3)
+        assert math.isclose(np.mean(s["per_task_exact_match"]), s["exact_match"], rel_tol=1e-6)
+        curve = rep["curves"][m]["16"]
+        assert curve["steps"] == [0, 3, 6]
+        assert curve["exact_match"][-1] == pytest.approx(s["exact_match"])
+        assert curve["rank_classification"][0] == pytest.approx(s["step0_rank_classification"])
 
 
-def test_plot_is_a_png(report):
-    out, rep = report
-    path = out / "learning_curves.png"
-    assert path.read_bytes()[:8] == PNG_SIGNATURE
-    for by_shots in rep["curves"].values():
-        steps, acc = by_shots["16"]
-        assert steps == [0, 5, 10] and len(acc) == len(steps)
+def test_prompt_rms_is_recorded_and_follows_the_inits(report):
+    _, rep = report
+    _, backbone, _ = assets.load_backbone()
+    table = np.asarray(backbone["token_embedder"]["embedding"], np.float64)
+    rms = rep["rms"]
+    assert rms["token_embedding"] == pytest.approx(np.sqrt(np.mean(table**2)), rel=1e-6)
+    (source,) = rms["source"]  # one benchmark
+    assert len(source["teachers"]) == 6 and len(source[demo.MPT]["task_prompts"]) == 6
+    target = rms["target"]
+    # a fresh prompt is uniform(-0.5, 0.5): RMS 0.5 / sqrt(3)
+    assert target[demo.PT]["step0"] == pytest.approx(0.5 / np.sqrt(3), rel=0.05)
+    # the control starts a fresh prompt at SPoT's RMS, SPoT at its source prompt
+    assert target[demo.PT_RMS]["step0"] == pytest.approx(source[demo.SPOT], rel=1e-4)
+    assert target[demo.SPOT]["step0"] == pytest.approx(source[demo.SPOT], rel=1e-4)
+    assert target[demo.MPT]["step0"] == pytest.approx(source[demo.MPT]["target_start"], rel=1e-4)
+    for m in demo.METHODS:
+        assert np.isfinite(target[m]["final"]) and target[m]["final"] > 0
 
 
 def test_parameter_counts_follow_the_formulas(report):
     _, rep = report
     length, rank = rep["settings"]["prompt_length"], rep["settings"]["rank"]
     dim = assets.embedded_backbone_config().emb_dim
-    single = length * dim  # vanilla prompt tuning and SPoT: P [L, D]
-    low_rank = length * dim + rank * (length + dim)  # P [L, D] + U [L, r] + V [r, D]
-    assert rep["params_per_task"] == {
-        demo.VANILLA: single,
+    single = length * dim  # P [L, D]
+    low_rank = length * dim + rank * (length + dim)  # P + U [L, r] + V [r, D]
+    multi = (length * dim + 4 * rank * (length + dim)) / 4  # one P for 4 targets
+    got = {m: r["params_per_task"] for m, r in rep["methods"].items()}
+    assert got == {
+        demo.PT: single,
+        demo.PT_RMS: single,
         demo.SPOT: single,
+        demo.MPT_SCRATCH: low_rank,
         demo.MPT_NO_KD: low_rank,
         demo.MPT: low_rank,
-        demo.composition_name("add"): low_rank,
+        demo.MPT_MULTI: int(multi),
     }
-    assert single == 512 and low_rank == 584
 
 
-def test_exact_match_equals_greedy_decoding():
+def test_scorer_equals_greedy_decoding_and_rank_classification():
     config, backbone, _ = assets.load_backbone()
     bench = synthetic.EmbeddedBenchmark()
-    examples = bench.examples("target_0", "test", 8)
-    batch = synthetic.to_batch(examples, np.zeros(8, np.int32), input_length=12, target_length=4)
-    model = PromptedT5(config, SinglePrompt(length=4, embed_dim=config.emb_dim))
-    prompt = {"shared": jax.random.uniform(jax.random.PRNGKey(0), (4, config.emb_dim)) - 0.5}
-    params = {**backbone, "prompt": prompt}
-    tokens, _ = greedy_decode(
-        model, params, batch["encoder_input_tokens"], batch["task_ids"], max_decode_length=4
+    data = [demo.encode(bench.examples(t, "test", 16), 0) for t in bench.target_tasks[:2]]
+    prompts = jax.random.normal(jax.random.key(0), (3, 8, config.emb_dim))
+    which = np.array([0, 1, 1])
+    em, rc = demo.scorer(config, 8)(prompts, backbone, demo.stack_batches(data), which)
+    model = PromptedT5(config, SinglePrompt(length=8, embed_dim=config.emb_dim))
+    labels = np.stack(
+        [
+            demo.encode([{"inputs": "", "targets": w}], 0)["decoder_target_tokens"][0]
+            for w in synthetic.LABELS
+        ]
     )
-    decoded = np.asarray(tokens)
-    # Rows 0-3 ask for what greedy decoding emits, rows 4-7 for something else.
-    targets = decoded.copy()
-    targets[4:, 0] = np.where(decoded[4:, 0] == 3 + ord("y"), 3 + ord("n"), 3 + ord("y"))
-    probe = {
-        **batch,
-        "decoder_target_tokens": targets,
-        "decoder_input_tokens": np.pad(targets[:, :-1], ((0, 0), (1, 0))),
-        "decoder_loss_weights": (targets > 0).astype(np.int32),
-    }
-    got = np.asarray(jax.jit(lambda p, b: demo.exact_match(model, p, b))(params, probe))
-    np.testing.assert_array_equal(got, [1, 1, 1, 1, 0, 0, 0, 0])
+    for u in range(3):
+        d = data[which[u]]
+        params = {**backbone, "prompt": {"shared": prompts[u]}}
+        gold = [synthetic.decode_ids(t) for t in d["decoder_target_tokens"]]
+        tokens, _ = greedy_decode(
+            model,
+            params,
+            d["encoder_input_tokens"],
+            d["task_ids"],
+            max_decode_length=demo.TARGET_LENGTH,
+        )
+        decoded = [synthetic.decode_ids(t) for t in np.asarray(tokens)]
+        ll = rank_classification(model, params, d["encoder_input_tokens"], d["task_ids"], labels)
+        ranked = [synthetic.LABELS[i] for i in np.argmax(np.asarray(ll), -1)]
+        assert float(em[u]) == pytest.approx(100 * np.mean(np.equal(decoded, gold)))
+        assert float(rc[u]) == pytest.approx(100 * np.mean(np.equal(ranked, gold)))
 
 
 def test_bad_arguments_are_refused():
-    with pytest.raises(ValueError, match="compositions must be among"):
-        demo.main(compositions=("attention",), verbose=False)
     with pytest.raises(ValueError, match="shots must be even"):
         demo.main(shots=(15,), verbose=False)
-
-
-def _assert_rule(task, batch, rows):
-    for r in rows:
-        text = synthetic.decode_ids(batch["encoder_input_tokens"][r])
-        assert synthetic.decode_ids(batch["decoder_target_tokens"][r]) == task.label(text)
+    with pytest.raises(ValueError, match="holds out the tasks of benchmark seeds"):
+        demo.main(benchmark_seeds=(7,), verbose=False)
 
 
 def test_batches_keep_inputs_and_targets_paired():
     bench = synthetic.EmbeddedBenchmark()
-    sources = bench.tasks[:3]
-    pools = [demo._encode(bench.examples(t, "train", 64), i) for i, t in enumerate(sources)]
-    batch = demo._source_batch(pools, 5, seed=0, step=7)
-    assert batch["task_ids"].tolist() == [0] * 5 + [1] * 5 + [2] * 5
-    for i, task in enumerate(sources):
-        _assert_rule(task, batch, range(5 * i, 5 * i + 5))
-    data = [demo._encode(bench.few_shot(t, 16, seed=1), 0) for t in bench.target_tasks]
-    runs = demo._target_batches(data, batch_size=8, step=3)
-    assert runs["encoder_input_tokens"].shape == (4, 8, demo.INPUT_LENGTH)
-    for r, task in enumerate(bench.target_tasks):
-        _assert_rule(task, {k: v[r] for k, v in runs.items()}, range(8))
+    few = demo.encode(bench.few_shot("target_1", 4, seed=0), 0)
+    rng = np.random.default_rng(0)
+    batch = demo.draw(few, 16, rng)  # 4 examples tiled to 16, each 4 times
+    texts = [synthetic.decode_ids(t) for t in batch["encoder_input_tokens"]]
+    assert sorted(set(texts)) == sorted(e["inputs"] for e in bench.few_shot("target_1", 4, 0))
+    assert all(texts.count(t) == 4 for t in set(texts))
+    task = bench.task("target_1")
+    for text, target in zip(texts, batch["decoder_target_tokens"], strict=True):
+        assert synthetic.decode_ids(target) == task.label(text)
 
 
 def test_demo_gin_file_states_the_defaults():
@@ -131,19 +152,19 @@ def test_demo_gin_file_states_the_defaults():
 
     import mpt_jax.configs
 
-    # The installed gin files (a checkout and an installed package both have them here).
     path = pathlib.Path(mpt_jax.configs.CONFIG_DIR) / "runner" / "demo.gin"
     defaults = inspect.signature(demo.main).parameters
+    skipped = ("backbone", "verbose", "recipe", "distillation")  # objects: their own bindings
     with gin.unlock_config():
         gin.parse_config_file(str(path))
     try:
         bound = 0
         for name, param in defaults.items():
-            if name in ("backbone", "verbose"):
+            if name in skipped:
                 continue
             value = gin.query_parameter(f"mpt_jax.runner.demo.main.{name}")
             assert value == param.default, name
             bound += 1
-        assert bound == len(defaults) - 2
+        assert bound == len(defaults) - len(skipped)
     finally:
         gin.clear_config()

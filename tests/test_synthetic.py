@@ -30,6 +30,28 @@ def test_tasks_are_distinct_family_members(bench):
         assert set(t.set_a + t.set_b) <= set("abcdefghijkl")
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_tasks_share_the_anchor_and_targets_count_unseen_symbols(seed):
+    bench = EmbeddedBenchmark(seed=seed)
+    anchors = {t.set_a for t in bench.tasks}
+    assert len(anchors) == 1  # every task counts the same A for "yes"
+    source_b = set("".join(t.set_b for t in bench.source_tasks))
+    target_b = set("".join(t.set_b for t in bench.target_tasks))
+    assert not source_b & target_b  # a target's B symbols are never a source's B
+    assert not (source_b | target_b) & set(anchors.pop())
+    # and the targets' symbols do occur in source inputs, as filler
+    seen = set("".join(e["inputs"] for e in bench.examples("source_0", "train", 64)))
+    assert target_b <= seen
+
+
+def test_no_shared_anchor_is_the_unrelated_pairs_control():
+    bench = EmbeddedBenchmark(shared_anchor=False)
+    assert len({t.set_a for t in bench.tasks}) > 1
+    assert len({t.key for t in bench.tasks}) == 10
+    with pytest.raises(ValueError, match="too small"):
+        EmbeddedBenchmark(num_source=20, world=SymbolWorld(alphabet_size=8))
+
+
 def test_examples_follow_rule_and_are_balanced(bench):
     world = bench.world
     for task in bench.tasks:
@@ -59,7 +81,8 @@ def test_determinism_prefixes_and_split_independence(bench):
 
 def test_pretraining_never_shows_a_benchmark_task(bench):
     examples = synthetic.pretraining_examples(bench, 3000, seed=0)
-    held = {t.key for t in bench.tasks}
+    held = {t.key for t in synthetic.held_out_tasks(bench, synthetic.HELD_OUT_SEEDS)}
+    assert {t.key for t in EmbeddedBenchmark(seed=2).tasks} <= held
     kinds = {"compare": 0, "filter": 0, "copy": 0}
     for e in examples:
         x, y = e["inputs"], e["targets"]

@@ -1,4 +1,4 @@
-"""The embedded benchmark: a small symbol world whose tasks share latent structure.
+"""The embedded benchmark: a small symbol world whose tasks share latent content.
 
 Nothing is downloaded: every example is generated from a seed. The world has an
 alphabet of ``alphabet_size`` symbols (the letters ``a, b, c, …``); an input is a string
@@ -8,20 +8,27 @@ of one parametrised family, **set comparison**:
     task (A, B): answer "yes" if the input holds more symbols of set A than of set B,
                  "no" if it holds more of B (ties never occur).
 
-A task is fixed by its two disjoint symbol sets (``set_size`` symbols each). The
-*source* tasks and the held-out *target* tasks are different members of the family:
-they share the latent structure (read the input, count two sets, compare, answer with
-the same two label words) and differ only in which symbols are counted. A prompt
-learned on the sources therefore carries most of what a target needs: the part that
-is shared (the format, the counting) is MPT's shared prompt, the part that differs
-(which sets) is its low-rank task factor.
+A task is fixed by its two disjoint symbol sets (``set_size`` symbols each). The default
+design (``shared_anchor=True``) gives the tasks content to share, as MPT assumes:
+
+- every task, source and target, counts the **same anchor set A** for "yes";
+- each source task counts its own B, drawn from a *source pool* of symbols;
+- each held-out target task counts a B drawn from a disjoint *target pool*: its B
+  symbols are never a B of any source (they appear in source inputs only as filler).
+
+So a prompt learned on the sources knows half of each target (read the input, count A,
+compare, answer with the two label words); what a target must still learn is its own
+B, a new combination of the shared rule with unseen symbols. That part is what MPT's
+low-rank task factor is for. ``shared_anchor=False`` is the control without shared
+content: every task is an unrelated random pair of sets.
 
 The benchmark tasks carry **no instruction**: the input is the bare symbol string and
 the prompt is the only thing that tells the backbone which sets to compare.
 
 Pretraining (:func:`pretraining_examples`) teaches a small backbone to read and write
 symbols with *textual instructions* on other members of the family, never on a
-benchmark task (neither a source nor a target, in either order of the sets):
+benchmark task (neither a source nor a target, in either order of the sets, for every
+benchmark seed in ``held_out_seeds``):
 
 - ``compare``: ``"ab>cd:cabdda"`` → ``"yes"`` (the instruction spells the sets);
 - ``filter``:  ``"ab/cabdda"`` → ``"abda"`` (the symbols of the set, in order;
@@ -41,6 +48,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import itertools
+import math
 import string
 from collections.abc import Sequence
 
@@ -58,6 +66,8 @@ LABELS = ("yes", "no")
 COMPARE_SEP, FILTER_SEP, COPY_PREFIX, EMPTY = ">", "/", "=", "-"
 #: Splits of a task's examples; each draws from its own random stream.
 SPLITS = ("train", "validation", "test")
+#: Benchmark seeds whose tasks the shipped backbone's pretraining held out.
+HELD_OUT_SEEDS = (0, 1, 2)
 #: Pretraining objectives (see the module docstring).
 PRETRAINING_OBJECTIVES = ("compare", "filter", "copy")
 
@@ -218,12 +228,16 @@ class EmbeddedBenchmark:
       seed: fixes the tasks and every example.
       num_source: number of source tasks.
       num_target: number of held-out target tasks.
+      shared_anchor: the design (module docstring): every task counts one anchor set A
+        against its own B, targets' B from symbols no source counts (True); or every
+        task an unrelated random pair of sets (False, the no-shared-content control).
       world: the symbol world.
     """
 
     seed: int = 0
     num_source: int = 6
     num_target: int = 4
+    shared_anchor: bool = True
     world: SymbolWorld = SymbolWorld()
 
     def __post_init__(self) -> None:
@@ -231,6 +245,9 @@ class EmbeddedBenchmark:
             raise ValueError(
                 f"num_source and num_target must be >= 1; got {self.num_source}, {self.num_target}."
             )
+        if self.shared_anchor:
+            self._pools()  # raises when the world is too small
+            return
         available = len(self._all_pairs())
         if self.num_source + self.num_target > available:
             raise ValueError(
@@ -244,9 +261,43 @@ class EmbeddedBenchmark:
         sets = ["".join(c) for c in itertools.combinations(world.alphabet, world.set_size)]
         return [(a, b) for a, b in itertools.combinations(sets, 2) if not set(a) & set(b)]
 
+    def _pools(self) -> tuple[str, str, str]:
+        """``(anchor, source_pool, target_pool)`` of the shared-anchor design.
+
+        The alphabet, shuffled by ``seed``, is cut into the anchor (``set_size`` symbols),
+        the target pool (the fewest symbols with ``num_target`` distinct B sets) and the
+        source pool (the rest), which must leave at least one filler symbol.
+        """
+        size = self.world.set_size
+        symbols = "".join(_stream("anchor", self.seed, self.world).permutation(
+            list(self.world.alphabet)))  # fmt: skip
+        n_target = size
+        while math.comb(n_target, size) < self.num_target:
+            n_target += 1
+        anchor, target = symbols[:size], symbols[size : size + n_target]
+        source = symbols[size + n_target :]
+        if math.comb(len(source), size) < self.num_source or len(source) <= size:
+            raise ValueError(
+                f"alphabet_size {self.world.alphabet_size} is too small for {self.num_source} "
+                f"source and {self.num_target} target tasks with set_size {size} and a shared "
+                f"anchor: the source pool {source!r} has too few sets of {size} (and needs a "
+                f"filler symbol)."
+            )
+        return anchor, "".join(sorted(source)), "".join(sorted(target))
+
     @property
     def tasks(self) -> tuple[CompareTask, ...]:
         """Sources first (``source_0 …``), then targets (``target_0 …``)."""
+        if self.shared_anchor:
+            anchor, source_pool, target_pool = self._pools()
+            rng = _stream("tasks", self.seed, self.world, "anchor")
+            tasks = []
+            for kind, pool, num in (("source", source_pool, self.num_source),
+                                    ("target", target_pool, self.num_target)):  # fmt: skip
+                sets = ["".join(c) for c in itertools.combinations(pool, self.world.set_size)]
+                for k, index in enumerate(rng.permutation(len(sets))[:num]):
+                    tasks.append(CompareTask(f"{kind}_{k}", "".join(sorted(anchor)), sets[index]))
+            return tuple(tasks)
         pairs = self._all_pairs()
         rng = _stream("tasks", self.seed, self.world)
         order = rng.permutation(len(pairs))[: self.num_source + self.num_target]
@@ -344,6 +395,16 @@ def _compare_example(
     return {"inputs": task.instruction + world.sample_input(task, label, rng), "targets": label}
 
 
+def held_out_tasks(
+    benchmark: EmbeddedBenchmark, seeds: Sequence[int] = ()
+) -> tuple[CompareTask, ...]:
+    """The tasks of ``benchmark`` and of ``benchmark`` with each seed in ``seeds``."""
+    tasks = list(benchmark.tasks)
+    for s in seeds:
+        tasks += dataclasses.replace(benchmark, seed=int(s)).tasks
+    return tuple(tasks)
+
+
 @gin.configurable
 def pretraining_examples(
     benchmark: EmbeddedBenchmark,
@@ -351,12 +412,15 @@ def pretraining_examples(
     *,
     seed: int = 0,
     weights: Sequence[float] = (0.6, 0.25, 0.15),
+    held_out_seeds: Sequence[int] = HELD_OUT_SEEDS,
 ) -> list[dict[str, str]]:
     """The backbone's pretraining mixture: instructed members of the family, no benchmark task.
 
     Args:
       benchmark: whose source and target tasks are held out (both orders of their sets).
       num: number of examples.
+      held_out_seeds: the tasks of ``benchmark`` with each of these seeds are held out too,
+        so the backbone serves those benchmark seeds as well.
       seed: the stream (independent of the benchmark's seed).
       weights: mixing weights of ``PRETRAINING_OBJECTIVES`` (compare, filter, copy).
 
@@ -368,7 +432,7 @@ def pretraining_examples(
             f"weights must be {len(PRETRAINING_OBJECTIVES)} non-negative numbers for "
             f"{PRETRAINING_OBJECTIVES} with a positive sum; got {tuple(weights)}."
         )
-    held_out = {t.key for t in benchmark.tasks}
+    held_out = {t.key for t in held_out_tasks(benchmark, held_out_seeds)}
     rng = _stream("pretrain", seed, benchmark.seed, benchmark.world)
     probs = np.asarray(weights, np.float64) / np.sum(weights)
     kinds = rng.choice(len(PRETRAINING_OBJECTIVES), size=num, p=probs)

@@ -1,44 +1,32 @@
-"""``mpt-jax demo``: MPT's whole pipeline on the embedded benchmark, in minutes on a CPU.
+"""``mpt-jax demo``: MPT's pipeline on the embedded benchmark, in minutes on a CPU.
 
 Nothing is downloaded. The backbone is the small T5 the package ships
 (``mpt_jax/assets/embedded_t5``, pretrained by ``scripts/pretrain_embedded_backbone.py``
 on instructed members of the benchmark's task family, never on a benchmark task); the
-data come from :mod:`mpt_jax.data.synthetic` (6 source tasks, 4 held-out target tasks
-of the set-comparison family, no instruction in the input). Only prompts train.
+data come from :mod:`mpt_jax.data.synthetic` (6 source and 4 held-out target tasks that
+count one shared anchor set against their own set; the targets' sets are never a
+source's). Only prompts train, each stage as a :class:`~mpt_jax.training.run_group.
+RunGroup` (all runs of a stage in one ``vmap``-ed step):
 
-Stages, built on the training core (objectives, ``train_step_fn``, ``make_optimizer``,
-``per_task``) and the prompt library (generators, ``source_init``, ``accounting``):
+1. **Teachers and SPoT's source prompt**: one prompt per source task (a ``TaskPrompts``
+   table optimised row by row) and, beside it, one prompt on the whole source mixture.
+2. **Source training**: MPT's ``P ∘ U_k V_k`` on the mixture with distillation from the
+   teachers (``L_task + λ (τ² KL + MSE)``), and the same with ``λ = 0``.
+3. **Few-shot target adaptation**, for every benchmark seed × target task × ``k`` ×
+   few-shot seed × learning rate of the grid × method: prompt tuning (fresh prompt);
+   prompt tuning started at the SPoT prompt's RMS (a control: scale without content);
+   SPoT (the mixture prompt); MPT from scratch (no source); MPT without distillation and
+   MPT (shared prompt + the average of the source task matrices, rank r); multi-target
+   MPT (one MPT prompt for all targets, trained on their union, the paper's MPT^{t+m}).
+   Every method of a (task, k, seed) sees the same batches.
 
-1. **Teachers**: one vanilla prompt per source task — a ``TaskPrompts`` table with the
-   ``per_task`` optimizer, which equals separate runs. In the same compiled step, a
-   second table whose examples all carry task id 0 trains *SPoT's source prompt*: its
-   row 0 is one prompt trained on the whole source mixture.
-2. **Source training** on the same mixture: *MPT* (``MultitaskPrompt``, ``P ∘ U_k V_k``)
-   with distillation from the teachers (``L_task + λ (τ² KL + MSE)``); *MPT w/o
-   distillation* is the same run with ``λ = 0``, so both share one compiled step (the
-   distillation weight is a per-run value); *other compositions* (default ``add``,
-   ``P + U_k V_k``) follow MPT's recipe with another way to combine the two parts.
-3. **Few-shot target adaptation**: every target task, ``k`` ∈ ``shots``, every seed (a
-   seed draws the k-shot sample, the batch order and fresh random inits), every method:
-   *prompt tuning* (random ``SinglePrompt``), *SPoT init* (SPoT's source prompt), the MPT
-   variants (shared prompt + the average of the source task matrices, rank r —
-   ``source_init.init_from_source(method="average")``). All runs of a generator are
-   ``vmap``-ed into one compiled step; every run of a (task, k, seed) sees the same
-   batches whatever its method.
-
-Scores are exact-match accuracy (%) on each target task's test split after the last
-step, without checkpoint selection. Exact match under teacher forcing equals exact match
-of greedy decoding (greedy emits the target iff each teacher-forced argmax is the target
-token), so one forward pass scores a batch. Evaluation materialises every run's prompt
-``[L, D]`` and scores all of them with one compiled program. Parameters per task are
-:func:`mpt_jax.prompts.accounting.count_parameters` of the target generator.
-
-The run prints a table (methods × target tasks × shots) and writes ``results.json``,
-``table.txt`` and ``learning_curves.png`` to ``out_dir``. gin (every argument of
-:func:`main` binds)::
-
-    mpt_jax.runner.demo.main.seeds = (0, 1, 2, 3)
-    mpt_jax.runner.demo.main.compositions = ()       # MPT variants and baselines only
+Each method's learning rate is picked from ``learning_rates`` by exact match on the
+targets' validation split (mean over tasks, k and seeds); the table reports the test
+split at that rate: exact match (= greedy decoding; teacher-forced argmax) and rank
+classification (the label with the higher log-likelihood), at step 0 and after training.
+``results.json`` also holds learning curves, each method's validation scores per rate,
+source-task accuracies and the RMS of every source and target prompt beside the
+token embeddings'. gin binds every argument of :func:`main` (``configs/runner/demo.gin``).
 """
 
 from __future__ import annotations
@@ -48,7 +36,7 @@ import functools
 import json
 import pathlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -56,231 +44,436 @@ import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from mpt_jax import assets
 from mpt_jax.data import synthetic
+from mpt_jax.decoding import shift_right
 from mpt_jax.model import PromptedT5
-from mpt_jax.prompts import ComposedPrompt, MultitaskPrompt, SinglePrompt, TaskPrompts
+from mpt_jax.prompts import MultitaskPrompt, SinglePrompt, TaskPrompts
 from mpt_jax.prompts.accounting import count_parameters
 from mpt_jax.prompts.source_init import init_from_source
-from mpt_jax.training.objectives import distillation_loss_fn, task_loss_fn
-from mpt_jax.training.optimizers import learning_rate_schedule, make_optimizer, per_task
-from mpt_jax.training.state import TrainState
-from mpt_jax.training.step import train_step_fn
+from mpt_jax.training.objectives import Distillation, distillation_loss_fn, task_loss_fn
+from mpt_jax.training.optimizers import PromptRecipe, task_axis_params
+from mpt_jax.training.run_group import RunGroup, stack
 
 PyTree = Any
 INPUT_LENGTH = 12  # at most 10 symbols + EOS, rounded up
 TARGET_LENGTH = 4  # "yes" + EOS
 
-VANILLA, SPOT, MPT_NO_KD, MPT = "prompt tuning", "SPoT init", "MPT w/o distillation", "MPT"
-#: Compositions that may be added as methods. They must keep the prompt length, ignore the
-#: input (so prompts can be materialised for scoring) and hold only ``shared``,
-#: ``task_cols``, ``task_rows`` (what ``init_from_source`` builds a target from); ``weighted``
-#: and ``gated`` carry further parameters that the source initialiser does not map yet.
-EXTRA_COMPOSITIONS = ("add",)
+PT, PT_RMS, SPOT = "prompt tuning", "prompt tuning at SPoT's RMS", "SPoT"
+MPT_SCRATCH, MPT_NO_KD, MPT, MPT_MULTI = (
+    "MPT from scratch",
+    "MPT w/o distillation",
+    "MPT",
+    "MPT multi-target",
+)
+METHODS = (PT, PT_RMS, SPOT, MPT_SCRATCH, MPT_NO_KD, MPT, MPT_MULTI)
 
 #: What ``quick=True`` sets (a smoke run of every stage; its numbers mean little).
 QUICK = dict(
-    teacher_steps=20,
-    source_steps=20,
-    target_steps=10,
+    teacher_steps=10,
+    source_steps=10,
+    target_steps=6,
     shots=(16,),
     seeds=(0,),
-    test_size=32,
+    learning_rates=(0.3, 0.1),
+    test_size=16,
+    validation_size=8,
     eval_points=2,
-    source_train_size=128,
+    source_train_size=64,
 )
 
 
-def composition_name(composition: str) -> str:
-    """The table row of an extra composition."""
-    return f"MPT recipe, {composition}"
+# -- stages as run groups ---------------------------------------------------------------------
 
 
-# -- metrics --------------------------------------------------------------------------------------
+def group(model: PromptedT5, recipe: PromptRecipe, loss_fn=None) -> RunGroup:
+    """Runs of ``model``'s prompt with the recipe's optimizer (rows of task-indexed
+    parameters optimised per task) and ``loss_fn`` (default: the task loss)."""
+    task_axis = task_axis_params(model.prompt, model.config.emb_dim)
+    return RunGroup(task_loss_fn(model) if loss_fn is None else loss_fn, recipe.build(task_axis))
 
 
-def exact_match(model: PromptedT5, params: PyTree, batch: dict) -> jax.Array:
-    """``[batch]`` float: 1 where every target token is the argmax under teacher forcing.
+def rms(x) -> float:
+    """Root mean square of an array (or the mean RMS over its leading axis if ``axis``)."""
+    return float(np.sqrt(np.mean(np.square(np.asarray(x, np.float64)))))
 
-    This is exact match of greedy decoding: greedy decoding reproduces the target iff
-    the argmax at every target position (EOS included) is the target token.
-    """
-    logits = model.apply(
-        {"params": params},
-        batch["encoder_input_tokens"],
-        batch["decoder_input_tokens"],
-        batch["decoder_target_tokens"],
-        batch["task_ids"],
-        enable_dropout=False,
-    )
-    right = jnp.argmax(logits, -1) == batch["decoder_target_tokens"]
-    right = right | (batch["decoder_loss_weights"] == 0)
-    return jnp.all(right, axis=-1).astype(jnp.float32)
+
+def fresh(generator: nn.Module, dim: int, key: jax.Array) -> PyTree:
+    """The generator's own initial parameters."""
+    ids, embedded = jnp.zeros((1,), jnp.int32), jnp.zeros((1, 1, dim), jnp.float32)
+    return nn.meta.unbox(generator.init(key, ids, embedded)["params"])
+
+
+def prompts_of(generator: nn.Module, params: PyTree, num_tasks: int) -> jax.Array:
+    """Every run's prompt for task ids ``0 … num_tasks-1``: ``[R, num_tasks, L, D]``."""
+    ids = jnp.arange(num_tasks, dtype=jnp.int32)
+    return jax.vmap(lambda p: generator.apply({"params": p}, ids))(params)
+
+
+# -- data -------------------------------------------------------------------------------------
+
+
+def encode(examples: list[dict[str, str]], task_ids) -> dict[str, np.ndarray]:
+    """``to_batch`` at the demo's lengths; ``task_ids`` an int or one per example."""
+    ids = np.broadcast_to(np.asarray(task_ids, np.int32), (len(examples),))
+    return synthetic.to_batch(examples, ids, input_length=INPUT_LENGTH, target_length=TARGET_LENGTH)
+
+
+def draw(data: dict[str, np.ndarray], size: int, rng: np.random.Generator) -> dict:
+    """``size`` rows of ``data``: all of them reshuffled and tiled when there are at most
+    ``size`` (a k-shot set), else ``size`` of them without replacement."""
+    n = len(data["task_ids"])
+    order = rng.permutation(n)
+    index = np.resize(order, size) if n <= size else order[:size]
+    return {k: v[index] for k, v in data.items()}
+
+
+def concat(batches: Sequence[dict]) -> dict:
+    return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+
+
+def stack_batches(batches: Sequence[dict]) -> dict:
+    return {k: np.stack([b[k] for b in batches]) for k in batches[0]}
+
+
+# -- scoring ----------------------------------------------------------------------------------
 
 
 @functools.cache
-def _scorer(model: PromptedT5):
-    """``score(table [R, T, L, D], backbone, batch [R, N, ...]) -> accuracy (%) [R]``.
+def scorer(config, length: int) -> Callable:
+    """``score(prompts [U, L, D], backbone, data [G, N, ...], which [U]) -> (em, rc) [U]``:
+    exact match and rank-classification accuracy (%) of unit ``u``'s prompt on data set
+    ``which[u]``, one compiled program for every method.
 
-    ``model`` has a ``TaskPrompts`` generator: each run's materialised prompts are its
-    table, so every method is scored by this one compiled program.
+    One pass scores both: the encoder runs once, the decoder once per label word under
+    teacher forcing. Rank classification picks the label with the higher log-likelihood;
+    exact match asks that the gold label's every token (EOS included) be the argmax,
+    which is exactly when greedy decoding emits it.
     """
-
-    def one(table, backbone, batch):
-        params = {**backbone, "prompt": {"task_prompts": table}}
-        return 100.0 * jnp.mean(exact_match(model, params, batch))
-
-    return jax.jit(jax.vmap(one, in_axes=(0, None, 0)))
-
-
-# -- a group of independent prompt runs, one compiled step ----------------------------------------
-
-
-def _stack(trees: Sequence[PyTree]) -> PyTree:
-    """Trees → one tree with a new leading run axis."""
-    return jax.tree.map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *trees)
-
-
-def _concat(trees: Sequence[PyTree]) -> PyTree:
-    """Trees with a leading run axis → one tree, runs concatenated (first tree first)."""
-    return jax.tree.map(lambda *xs: np.concatenate([np.asarray(x) for x in xs]), *trees)
-
-
-@dataclasses.dataclass(eq=False)
-class RunGroup:
-    """``R`` independent runs of one generator: prompt trees and optimizer states stacked on
-    axis 0, stepped together by :func:`mpt_jax.training.step.train_step_fn` under ``vmap``.
-
-    Attributes:
-      model: the prompted model (its ``prompt`` is the generator).
-      tx: the optimizer of one run.
-      teacher: a ``PromptedT5`` with the teachers' ``TaskPrompts`` to distill from, or
-        None (task loss). With a teacher, each run has its own distillation weight ``λ``
-        (``λ = 0`` is the task loss exactly).
-    """
-
-    model: PromptedT5
-    tx: optax.GradientTransformation
-    teacher: PromptedT5 | None = None
-
-    @functools.cached_property
-    def _step(self):
-        if self.teacher is None:
-            plain = train_step_fn(task_loss_fn(self.model), self.tx)
-
-            def step(state, frozen, batch, rng, weight):
-                del weight
-                return plain(state, frozen, batch, rng)
-        else:
-
-            def step(state, frozen, batch, rng, weight):
-                loss = distillation_loss_fn(self.model, self.teacher, distill_weight=weight)
-                return train_step_fn(loss, self.tx)(state, frozen, batch, rng)
-
-        return jax.jit(jax.vmap(step, in_axes=(0, None, 0, 0, 0)), donate_argnums=(0,))
-
-    def start(self, params: PyTree, rng: jax.Array, weights: Sequence[float] | None = None):
-        """Sets the runs' initial prompt trees ``[R, ...]`` (and distillation weights)."""
-        self.runs = int(jax.tree.leaves(params)[0].shape[0])
-        self.state = jax.vmap(lambda p: TrainState.create(p, self.tx))(params)
-        self.rngs = jax.random.split(rng, self.runs)
-        self.weights = jnp.asarray(np.zeros(self.runs) if weights is None else weights,
-                                   jnp.float32)  # fmt: skip
-
-    def advance(self, frozen: PyTree, batch: dict) -> dict:
-        """One step of every run on ``batch`` ``[R, B, ...]``; returns the metrics ``[R]``."""
-        self.state, metrics = self._step(self.state, frozen, batch, self.rngs, self.weights)
-        if np.any(np.asarray(metrics["nonfinite"])):
-            loss = np.asarray(metrics["loss"])
-            raise FloatingPointError(
-                f"non-finite loss or gradient at step {int(self.state.step[0]) - 1} "
-                f"(losses per run {loss})"
-            )
-        return metrics
-
-    @property
-    def params(self) -> PyTree:
-        return self.state.params
-
-    def prompts(self, num_tasks: int) -> jax.Array:
-        """Each run's prompt for task ids ``0 … num_tasks-1``: ``[R, num_tasks, L, D]``."""
-        ids = jnp.arange(num_tasks, dtype=jnp.int32)
-        apply = lambda p: self.model.prompt.apply({"params": p}, ids)
-        return jax.vmap(apply)(self.params)
-
-
-# -- data -----------------------------------------------------------------------------------------
-
-
-def _encode(examples: list[dict[str, str]], task_ids: int | np.ndarray) -> dict[str, np.ndarray]:
-    return synthetic.to_batch(
-        examples,
-        np.broadcast_to(np.asarray(task_ids, np.int32), (len(examples),)),
-        input_length=INPUT_LENGTH,
-        target_length=TARGET_LENGTH,
+    model = PromptedT5(config, SinglePrompt(length=length, embed_dim=config.emb_dim))
+    labels = jnp.asarray(
+        np.stack(
+            [
+                encode([{"inputs": "", "targets": w}], 0)["decoder_target_tokens"][0]
+                for w in synthetic.LABELS
+            ]
+        )
     )
 
+    def one(prompt, backbone, data):
+        params = {**backbone, "prompt": {"shared": prompt}}
+        tokens = data["encoder_input_tokens"]  # [N, S]
+        n, c = tokens.shape[0], labels.shape[0]
+        encoded = model.apply(
+            {"params": params},
+            tokens,
+            jnp.zeros((n,), jnp.int32),
+            enable_dropout=False,
+            method=PromptedT5.encode,
+        )
+        targets = jnp.tile(labels, (n, 1))  # [N · C, T], example-major
+        logits = model.apply(
+            {"params": params},
+            jnp.repeat(encoded, c, 0),
+            jnp.repeat(tokens, c, 0),
+            shift_right(targets),
+            targets,
+            enable_dropout=False,
+            method=PromptedT5.decode,
+        )
+        logp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
+        token_ll = jnp.take_along_axis(logp, targets[..., None], -1)[..., 0] * (targets > 0)
+        ll = token_ll.sum(-1).reshape(n, c)
+        hit = jnp.all((jnp.argmax(logp, -1) == targets) | (targets == 0), -1).reshape(n, c)
+        gold = jnp.argmax(jnp.all(data["decoder_target_tokens"][:, None] == labels, -1), -1)
+        em = jnp.take_along_axis(hit, gold[:, None], -1)[:, 0]
+        return 100 * jnp.mean(em), 100 * jnp.mean(jnp.argmax(ll, -1) == gold)
 
-def _source_batch(pools: list[dict[str, np.ndarray]], per_task: int, seed: int, step: int):
-    """``per_task`` examples of every source task (ids 0…T-1), drawn for ``step``."""
-    rng = np.random.default_rng((seed, step))
-    index = [rng.integers(0, len(p["task_ids"]), per_task) for p in pools]
-    return {k: np.concatenate([p[k][i] for p, i in zip(pools, index, strict=True)])
-            for k in pools[0]}  # fmt: skip
+    @jax.jit
+    def score(prompts, backbone, data, which):
+        return jax.vmap(one, in_axes=(0, None, 0))(
+            prompts, backbone, jax.tree.map(lambda x: x[which], data)
+        )
+
+    return score
 
 
-def _with_runs(batch: dict[str, np.ndarray], runs: int) -> dict[str, np.ndarray]:
-    return {k: np.broadcast_to(v, (runs,) + v.shape) for k, v in batch.items()}
+# -- stages -----------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
-class TargetRun:
-    """One few-shot adaptation: target task index, examples ``k``, seed."""
+class Sources:
+    """What source training leaves, per benchmark seed ``b`` (leading axis)."""
 
+    teachers: np.ndarray  # [B, T, L, D]
+    spot: np.ndarray  # [B, L, D]
+    mpt: PyTree  # MultitaskPrompt params [B, ...] (λ > 0)
+    mpt_no_kd: PyTree  # [B, ...] (λ = 0)
+
+
+def train_sources(
+    backbone,
+    config,
+    benches,
+    recipe: PromptRecipe,
+    distillation: Distillation,
+    *,
+    prompt_length,
+    rank,
+    teacher_steps,
+    source_steps,
+    train_size,
+    batch_per_task,
+    seed,
+) -> Sources:
+    """Teachers + SPoT's mixture prompt (one group), then MPT with and without distillation
+    (two groups). All benchmark seeds train together: run ``b`` of a group (``2b``, ``2b + 1``
+    in the first) belongs to benchmark ``b``."""
+    dim, frozen, n = config.emb_dim, {"backbone": backbone}, len(benches)
+    num_sources = benches[0].num_source
+    pools = [
+        [
+            encode(bench.examples(t, "train", train_size), i)
+            for i, t in enumerate(bench.source_tasks)
+        ]
+        for bench in benches
+    ]
+    keys = iter(jax.random.split(jax.random.key(seed), 8))
+
+    def batches(step: int, salt: int, copies: int) -> dict:
+        rng = np.random.default_rng((seed, salt, step))
+        per_bench = [concat([draw(p, batch_per_task, rng) for p in pool]) for pool in pools]
+        return stack_batches([b for b in per_bench for _ in range(copies)])
+
+    # Teachers (run 2b) and SPoT's mixture prompt (run 2b + 1: every example is task 0, so
+    # only row 0 of its table trains; the other rows get no gradient and stay put).
+    table = TaskPrompts(num_tasks=num_sources, length=prompt_length, embed_dim=dim)
+    teacher_model = PromptedT5(config, table)
+    teachers = group(teacher_model, recipe)
+    state = teachers.init(
+        stack([fresh(table, dim, k) for k in jax.random.split(next(keys), 2 * n)])
+    )
+    rngs, spot_ids = jax.random.split(next(keys), 2 * n), np.tile([[1], [0]], (n, 1))
+    for i in range(teacher_steps):
+        batch = batches(i, 0, 2)
+        state, _ = teachers.step(
+            state, frozen, {}, {**batch, "task_ids": batch["task_ids"] * spot_ids}, rngs
+        )
+    tables = np.asarray(state.params["task_prompts"])
+
+    # MPT (λ from ``distillation``) and MPT w/o distillation (the task loss), same start.
+    mpt_gen = MultitaskPrompt(
+        num_tasks=num_sources, length=prompt_length, embed_dim=dim, num_ranks=rank
+    )
+    student = PromptedT5(config, mpt_gen)
+    students = [
+        group(student, recipe, distillation_loss_fn(student, teacher_model, distillation)),
+        group(student, recipe),
+    ]
+    start = stack([fresh(mpt_gen, dim, next(keys))] * n)
+    states = [g.init(start) for g in students]
+    per_run = [{"teacher_prompt": {"task_prompts": jnp.asarray(tables[0::2])}}, {}]
+    rngs = jax.random.split(next(keys), n)
+    for i in range(source_steps):
+        batch = batches(i, 1, 1)
+        states = [
+            g.step(st, frozen, pr, batch, rngs)[0]
+            for g, st, pr in zip(students, states, per_run, strict=True)
+        ]
+    mpt, no_kd = (jax.tree.map(np.asarray, st.params) for st in states)
+    return Sources(tables[0::2], tables[1::2, 0], mpt, no_kd)
+
+
+@dataclasses.dataclass(frozen=True)
+class Unit:
+    """One few-shot adaptation problem: benchmark seed index, target task, k, few-shot seed."""
+
+    bench: int
     task: int
     shots: int
     seed: int
 
 
-def _target_batches(data: list[dict[str, np.ndarray]], batch_size: int, step: int):
-    """``[R, batch_size, ...]``: run ``r``'s batch for ``step`` from its own k-shot set.
+def target_groups(
+    config, sources: Sources, units: list[Unit], *, prompt_length, rank, num_targets, seed
+) -> list[tuple[nn.Module, list[str], PyTree, bool]]:
+    """``(generator, methods, initial params [len(methods) · runs, ...], multi_target)`` of each
+    target group; runs are method-major, then one per unit (per (bench, k, seed) for the
+    multi-target group)."""
+    dim = config.emb_dim
+    single = SinglePrompt(length=prompt_length, embed_dim=dim)
+    one = MultitaskPrompt(num_tasks=1, length=prompt_length, embed_dim=dim, num_ranks=rank)
+    many = MultitaskPrompt(
+        num_tasks=num_targets, length=prompt_length, embed_dim=dim, num_ranks=rank
+    )
+    key = lambda u: jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), u.seed), u.task)
+    bench_tree = lambda tree, b: jax.tree.map(lambda x: x[b], tree)
+    average = lambda tree, b, n: init_from_source(
+        bench_tree(tree, b), "average", num_target_tasks=n, rank=rank
+    )
+    pt = [fresh(single, dim, key(u)) for u in units]
+    pt_rms = [
+        {"shared": p["shared"] * rms(sources.spot[u.bench]) / rms(p["shared"])}
+        for p, u in zip(pt, units, strict=True)
+    ]
+    spot = [{"shared": jnp.asarray(sources.spot[u.bench])} for u in units]
+    scratch = [fresh(one, dim, key(u)) for u in units]
+    no_kd = [average(sources.mpt_no_kd, u.bench, 1) for u in units]
+    mpt = [average(sources.mpt, u.bench, 1) for u in units]
+    multi = [average(sources.mpt, u.bench, num_targets) for u in multi_units(units)]
+    return [
+        (single, [PT, PT_RMS, SPOT], stack(pt + pt_rms + spot), False),
+        (one, [MPT_SCRATCH, MPT_NO_KD, MPT], stack(scratch + no_kd + mpt), False),
+        (many, [MPT_MULTI], stack(multi), True),
+    ]
 
-    ``k <= batch_size``: all k examples, reshuffled, tiled to ``batch_size``;
-    ``k > batch_size``: ``batch_size`` of them without replacement.
+
+def multi_units(units: list[Unit]) -> list[Unit]:
+    """One unit per (bench, k, seed): the multi-target runs (task -1 = all targets)."""
+    return sorted(
+        {Unit(u.bench, -1, u.shots, u.seed) for u in units},
+        key=lambda u: (u.bench, u.shots, u.seed),
+    )
+
+
+def adapt_targets(
+    config,
+    backbone,
+    benches,
+    sources: Sources,
+    recipe: PromptRecipe,
+    score,
+    *,
+    shots,
+    seeds,
+    learning_rates,
+    prompt_length,
+    rank,
+    target_steps,
+    batch_size,
+    test_size,
+    validation_size,
+    eval_points,
+    seed,
+):
+    """Trains every (method, rate, benchmark, task, k, seed) run, its group's runs in one step.
+
+    Returns:
+      ``(history, validation, groups, runs)``: ``history`` lists ``(step, keys, em, rc,
+      rms)`` test evaluations, ``keys`` the ``(method, rate, Unit)`` of each score;
+      ``validation`` the same after the last step on the validation split; ``groups``
+      :func:`target_groups`; ``runs`` the number of runs.
     """
-    rows = []
-    for r, d in enumerate(data):
-        k = len(d["task_ids"])
-        order = np.random.default_rng((r, step)).permutation(k)
-        index = np.resize(order, batch_size) if k <= batch_size else order[:batch_size]
-        rows.append({key: v[index] for key, v in d.items()})
-    return {key: np.stack([row[key] for row in rows]) for key in rows[0]}
+    targets = benches[0].target_tasks
+    units = [
+        Unit(b, j, k, s)
+        for b in range(len(benches))
+        for j in range(len(targets))
+        for k in shots
+        for s in seeds
+    ]
+    shots_data = {
+        u: encode(benches[u.bench].few_shot(targets[u.task].name, u.shots, u.seed), 0)
+        for u in units
+    }
+    eval_sets = {
+        split: stack_batches(
+            [
+                encode(bench.examples(t, split, n), 0)
+                for bench in benches
+                for t in bench.target_tasks
+            ]
+        )
+        for split, n in (("test", test_size), ("validation", validation_size))
+    }
+    groups = target_groups(
+        config,
+        sources,
+        units,
+        prompt_length=prompt_length,
+        rank=rank,
+        num_targets=len(targets),
+        seed=seed,
+    )
+    frozen = {"backbone": backbone}
+    trained = []  # [generator, multi, group, state, rows [(method, lr, unit)], scale, rngs]
+    for gen, methods, params, multi in groups:
+        run_units = multi_units(units) if multi else units
+        rows = [(m, lr, u) for lr in learning_rates for m in methods for u in run_units]
+        params = jax.tree.map(lambda x: jnp.concatenate([x] * len(learning_rates)), params)
+        scale = jnp.asarray([lr / recipe.learning_rate for _, lr, _ in rows], jnp.float32)
+        runs = group(PromptedT5(config, gen), recipe)
+        rngs = jax.random.split(jax.random.key(seed + 1), len(rows))
+        trained.append([gen, multi, runs, runs.init(params), rows, scale, rngs])
+
+    def unit_batch(u: Unit, step: int) -> dict:
+        rng = np.random.default_rng((seed, u.bench, u.task, u.shots, u.seed, step))
+        return draw(shots_data[u], batch_size, rng)
+
+    def batch_of(u: Unit, multi: bool, step: int) -> dict:
+        """Run ``u``'s batch; a multi-target run gets every target's, ids 0 … T-1."""
+        if not multi:
+            return unit_batch(u, step)
+        parts = [unit_batch(dataclasses.replace(u, task=j), step) for j in range(len(targets))]
+        return concat(
+            [{**p, "task_ids": np.full_like(p["task_ids"], j)} for j, p in enumerate(parts)]
+        )
+
+    def evaluate(split: str) -> tuple[list, np.ndarray, np.ndarray, np.ndarray]:
+        """Scores every (method, lr, unit) prompt; a multi-target run gives one per task."""
+        keys, prompts = [], []
+        for gen, multi, _, state, rows, _, _ in trained:
+            p = prompts_of(gen, state.params, len(targets) if multi else 1)
+            for r, (m, lr, u) in enumerate(rows):
+                for j in range(len(targets)) if multi else [u.task]:
+                    keys.append((m, lr, dataclasses.replace(u, task=j)))
+                    prompts.append(p[r, j if multi else 0])
+        which = np.asarray([u.bench * len(targets) + u.task for _, _, u in keys])
+        prompts = jnp.stack(prompts)
+        em, rc = score(prompts, backbone, eval_sets[split], which)
+        norms = np.sqrt(np.mean(np.square(np.asarray(prompts)), axis=(1, 2)))
+        return keys, np.asarray(em), np.asarray(rc), norms
+
+    eval_at = {0, target_steps} | {
+        round(target_steps * p / eval_points) for p in range(1, eval_points + 1)
+    }
+    history = []
+    for i in range(target_steps + 1):
+        if i in eval_at:
+            history.append((i, *evaluate("test")))
+        if i == target_steps:
+            break
+        for t in trained:
+            _, multi, runs, state, rows, scale, rngs = t
+            batch = stack_batches([batch_of(u, multi, i) for _, _, u in rows])
+            t[3], _ = runs.step(state, frozen, {}, batch, rngs, scale)
+    return history, evaluate("validation"), groups, sum(len(t[4]) for t in trained)
 
 
-# -- output ---------------------------------------------------------------------------------------
+# -- output -----------------------------------------------------------------------------------
 
 
-def format_table(results: dict, params: dict[str, int], shots: Sequence[int], tasks) -> str:
-    """The printed table: one row per method, per-task means and the average per ``k``."""
-    head = f"{'method':<24}{'params/task':>12}"
+def format_table(methods: dict, shots: Sequence[int]) -> str:
+    """One row per method: chosen rate, parameters, step-0 rank classification, and per k
+    the test exact match (± std over seeds) and rank classification after training."""
+    head = f"{'method':<28}{'lr':>6}{'params':>8}{'step-0 RC':>11}"
     for k in shots:
-        head += " |" + "".join(f"{t.name:>9}" for t in tasks) + f"{f'{k}-shot avg':>15}"
+        head += f" | {f'{k}-shot EM':>15}{'RC':>6}"
     lines = [head, "-" * len(head)]
-    for m, by_shots in results.items():
-        line = f"{m:<24}{params[m]:>12,d}"
+    for m, r in methods.items():
+        line = f"{m:<28}{r['learning_rate']:>6g}{r['params_per_task']:>8,d}"
+        line += f"{r['step0_rank_classification']:>11.1f}"
         for k in shots:
-            r = by_shots[str(k)]
-            line += " |" + "".join(f"{v:>9.1f}" for v in r["per_task_mean"])
-            cell = f"{r['mean']:.1f} ± {r['std_over_seeds']:.1f}"
-            line += f"{cell:>15}"
+            s = r["shots"][str(k)]
+            em = f"{s['exact_match']:.1f} ± {s['exact_match_std']:.1f}"
+            line += f" | {em:>15}{s['rank_classification']:>6.1f}"
         lines.append(line)
     return "\n".join(lines)
 
 
 def plot_curves(curves: dict, shots: Sequence[int], path: pathlib.Path) -> None:
-    """Learning curves (mean test accuracy over target tasks and seeds), one panel per k."""
+    """Test exact match (solid) and rank classification (dotted) against the step."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -288,12 +481,13 @@ def plot_curves(curves: dict, shots: Sequence[int], path: pathlib.Path) -> None:
 
     fig, axes = plt.subplots(1, len(shots), figsize=(5.5 * len(shots), 4), squeeze=False)
     for ax, k in zip(axes[0], shots, strict=True):
-        for m, by_shots in curves.items():
-            steps, acc = by_shots[str(k)]
-            ax.plot(steps, acc, marker="o", markersize=3, label=m)
-        ax.set_title(f"{k}-shot target adaptation")
+        for i, (m, by_k) in enumerate(curves.items()):
+            c = by_k[str(k)]
+            ax.plot(c["steps"], c["exact_match"], color=f"C{i}", marker="o", markersize=3, label=m)
+            ax.plot(c["steps"], c["rank_classification"], color=f"C{i}", linestyle=":")
+        ax.set_title(f"{k}-shot target adaptation (dotted: rank classification)")
         ax.set_xlabel("training step")
-        ax.set_ylabel("test exact match (%), mean over tasks and seeds")
+        ax.set_ylabel("test accuracy (%), mean over tasks and seeds")
         ax.axhline(50.0, color="grey", linewidth=0.8, linestyle=":")
         ax.grid(alpha=0.3)
     axes[0][-1].legend(loc="lower right", fontsize=8)
@@ -302,7 +496,7 @@ def plot_curves(curves: dict, shots: Sequence[int], path: pathlib.Path) -> None:
     plt.close(fig)
 
 
-# -- the run --------------------------------------------------------------------------------------
+# -- the run ----------------------------------------------------------------------------------
 
 
 @gin.configurable
@@ -310,77 +504,78 @@ def main(
     quick: bool = False,
     out_dir: str = "mpt_demo",
     *,
-    benchmark_seed: int = 0,
-    seed: int = 0,
+    benchmark_seeds: Sequence[int] = (0,),
+    seeds: Sequence[int] = (0, 1, 2),
+    shots: Sequence[int] = (16,),
+    learning_rates: Sequence[float] = (0.3, 0.1),
+    recipe: PromptRecipe | None = None,
+    distillation: Distillation | None = None,
     prompt_length: int = 8,
     rank: int = 1,
-    compositions: Sequence[str] = ("add",),
-    teacher_steps: int = 900,
+    teacher_steps: int = 600,
     source_steps: int = 600,
     target_steps: int = 100,
-    shots: Sequence[int] = (16, 32),
-    seeds: Sequence[int] = (0, 1, 2),
     source_train_size: int = 1024,
     source_batch_per_task: int = 8,
     target_batch_size: int = 16,
     test_size: int = 128,
-    eval_points: int = 10,
-    learning_rate: float = 0.3,
-    schedule: str = "linear_decay",
-    distill_weight: float = 0.9,
+    validation_size: int = 64,
+    eval_points: int = 5,
+    seed: int = 0,
     backbone: str | None = None,
     verbose: bool = True,
 ) -> dict:
-    """Runs the demo; returns (and saves) the results.
+    """Runs the demo; returns (and writes to ``out_dir``) the results.
 
     Args:
-      quick: a smoke run of every stage in seconds (sets the arguments in :data:`QUICK`).
+      quick: a smoke run of every stage in seconds (:data:`QUICK` replaces its settings).
       out_dir: where ``results.json``, ``table.txt`` and ``learning_curves.png`` go.
-      benchmark_seed: fixes the tasks and their examples.
-      seed: fixes the source stages' random inits and batches.
-      prompt_length: ``L`` of every prompt.
-      rank: ``r`` of the task factors ``U_k [L, r]``, ``V_k [r, D]``.
-      compositions: extra methods: ``ComposedPrompt`` with these compositions (from
-        :data:`EXTRA_COMPOSITIONS`), trained with MPT's recipe (rank-r task part,
-        distillation, average init).
+      benchmark_seeds: benchmarks (task sets) to run, each with its own sources;
+        seeds in ``synthetic.HELD_OUT_SEEDS`` (the backbone never saw their tasks).
+      seeds: few-shot seeds (a seed draws the k-shot sample, the batch order, fresh inits).
+      shots: examples per target task ``k`` (even).
+      learning_rates: the target-adaptation grid each method picks its rate from on
+        validation data (one value: no selection); a rate scales the recipe's updates
+        by ``rate / recipe.learning_rate``.
+      recipe: the optimizer of every stage (None: the gin-bound ``PromptRecipe()``,
+        prompt tuning's Adafactor at 0.3); teachers and sources train at its rate.
+      distillation: MPT's λ and τ (None: the gin-bound ``Distillation()``).
+      prompt_length / rank: ``L`` of every prompt; ``r`` of the task factors.
       teacher_steps / source_steps / target_steps: optimizer steps of each stage.
-      shots: examples per target task (even; each ≤ or a multiple of the batch size).
-      seeds: target-adaptation seeds.
-      source_train_size: training examples per source task.
-      source_batch_per_task: examples of each source task in a source batch.
-      target_batch_size: batch size of target adaptation.
-      test_size: test examples per task.
-      eval_points: evaluations during target training (besides step 0).
-      learning_rate: of every stage (Adafactor with prompt tuning's other defaults).
-      schedule: ``"linear_decay"`` (to 0 at each stage's last step, so the last step —
-        where scores are read — is not a noisy one) or ``"constant"`` (prompt tuning's);
-        the same for every stage and method.
-      distill_weight: MPT's ``λ`` (the training core's default, recalled from the paper).
-      backbone: path prefix of a backbone saved by ``assets.save_backbone`` (default:
-        the shipped one).
+      source_train_size / source_batch_per_task: source training examples per task, and
+        per task in a batch.
+      target_batch_size: per target task in a batch.
+      test_size / validation_size: test and validation examples per target task.
+      eval_points: test evaluations during target training, besides step 0.
+      seed: the source stages' inits and batches.
+      backbone: a backbone saved by ``assets.save_backbone`` (default: the shipped one).
       verbose: print progress and the table.
-
-    Returns:
-      ``{"table", "results": {method: {k: {...}}}, "params_per_task", "curves",
-      "source", "tasks", "seconds", "backbone", "settings"}`` (also in ``results.json``).
     """
     if quick:
-        teacher_steps, source_steps = QUICK["teacher_steps"], QUICK["source_steps"]
-        target_steps, shots, seeds = QUICK["target_steps"], QUICK["shots"], QUICK["seeds"]
-        test_size, eval_points = QUICK["test_size"], QUICK["eval_points"]
-        source_train_size = QUICK["source_train_size"]
-    shots, seeds, compositions = tuple(shots), tuple(seeds), tuple(compositions)
-    for k in shots:
-        if k < 2 or k % 2 or (k > target_batch_size and k % target_batch_size):
-            raise ValueError(
-                f"shots must be even and either <= target_batch_size ({target_batch_size}) "
-                f"or a multiple of it; got {k}."
-            )
-    for c in compositions:
-        if c not in EXTRA_COMPOSITIONS:
-            raise ValueError(f"compositions must be among {EXTRA_COMPOSITIONS}; got {c!r}.")
-    if not seeds:
-        raise ValueError("seeds must name at least one seed.")
+        (
+            teacher_steps,
+            source_steps,
+            target_steps,
+            shots,
+            seeds,
+            learning_rates,
+            test_size,
+            validation_size,
+            eval_points,
+            source_train_size,
+        ) = QUICK.values()
+    shots, seeds, benchmark_seeds = tuple(shots), tuple(seeds), tuple(benchmark_seeds)
+    learning_rates = tuple(float(r) for r in learning_rates)
+    for name, values in (
+        ("shots", shots),
+        ("seeds", seeds),
+        ("learning_rates", learning_rates),
+        ("benchmark_seeds", benchmark_seeds),
+    ):
+        if not values:
+            raise ValueError(f"demo.main.{name} must name at least one value.")
+    if any(k < 2 or k % 2 for k in shots):
+        raise ValueError(f"demo.main.shots must be even numbers >= 2; got {shots}.")
     for name, value in (
         ("teacher_steps", teacher_steps),
         ("source_steps", source_steps),
@@ -388,220 +583,249 @@ def main(
         ("eval_points", eval_points),
     ):
         if value < 1:
-            raise ValueError(f"{name} must be >= 1; got {value}.")  # fmt: skip
-
-    start = time.time()
+            raise ValueError(f"demo.main.{name} must be >= 1; got {value}.")
+    start, seconds = time.time(), {}
     log = print if verbose else (lambda *a, **k: None)
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    config, backbone_params, backbone_info = assets.load_backbone(
+    config, backbone_params, info = assets.load_backbone(
         assets.EMBEDDED_BACKBONE if backbone is None else pathlib.Path(backbone)
     )
-    frozen = {"backbone": backbone_params}
-    bench = synthetic.EmbeddedBenchmark(seed=benchmark_seed)
-    sources, targets = bench.source_tasks, bench.target_tasks
-    num_sources, dim = len(sources), config.emb_dim
-    if schedule not in ("constant", "linear_decay"):
-        raise ValueError(f"schedule must be 'constant' or 'linear_decay'; got {schedule!r}.")
-
-    def optimizer(steps: int) -> optax.GradientTransformation:
-        rate = learning_rate_schedule(learning_rate, kind=schedule, total_steps=steps)
-        return make_optimizer(learning_rate=learning_rate, schedule=rate)
-
-    keys = iter(jax.random.split(jax.random.PRNGKey(seed), 16))
-    backbone_size = sum(int(np.size(x)) for x in jax.tree.leaves(backbone_params))
+    held = info.get("benchmark", {}).get("held_out_seeds", [0])
+    if backbone is None and not set(benchmark_seeds) <= set(held):
+        raise ValueError(
+            f"demo.main.benchmark_seeds {benchmark_seeds}: the shipped backbone holds out the "
+            f"tasks of benchmark seeds {held} only."
+        )
+    benches = [synthetic.EmbeddedBenchmark(seed=b) for b in benchmark_seeds]
+    targets = benches[0].target_tasks
     log(
-        f"[demo] frozen backbone {config.name}: {backbone_size:,} parameters; {num_sources} "
-        f"source and {len(targets)} held-out target tasks; prompt length {prompt_length}, "
-        f"rank {rank}{'; quick mode' if quick else ''}"
+        f"[demo] backbone {config.name}; {len(benches)} benchmark(s) of "
+        f"{benches[0].num_source} source and {len(targets)} target tasks; k {shots}, seeds "
+        f"{seeds}, learning rates {learning_rates}{'; quick' if quick else ''}"
     )
 
-    def fresh(generator: nn.Module, rng: jax.Array) -> PyTree:
-        ids, embedded = jnp.zeros((1,), jnp.int32), jnp.zeros((1, 1, dim), jnp.float32)
-        return nn.meta.unbox(generator.init(rng, ids, embedded)["params"])
-
-    def replicate(tree: PyTree, n: int) -> PyTree:
-        return jax.tree.map(lambda x: jnp.broadcast_to(jnp.asarray(x), (n,) + x.shape), tree)
-
-    # ---- 1. teachers and SPoT's source prompt -----------------------------------------------
+    # ---- 1-2. teachers, SPoT's prompt, MPT with and without distillation --------------------
     t0 = time.time()
-    pools = [_encode(bench.examples(t, "train", source_train_size), i)
-             for i, t in enumerate(sources)]  # fmt: skip
-    table_gen = TaskPrompts(num_tasks=num_sources, length=prompt_length, embed_dim=dim)
-    teachers = RunGroup(PromptedT5(config, table_gen), per_task(optimizer(teacher_steps)))
-    teachers.start(_stack([fresh(table_gen, next(keys)), fresh(table_gen, next(keys))]),
-                   next(keys))  # fmt: skip
-    for i in range(teacher_steps):
-        batch = _with_runs(_source_batch(pools, source_batch_per_task, seed, i), 2)
-        batch = {**batch, "task_ids": batch["task_ids"] * np.array([[1], [0]], np.int32)}
-        teachers.advance(frozen, batch)
-    teacher_table = jax.tree.map(lambda x: x[0], teachers.params)
-    spot_source = {"shared": teachers.params["task_prompts"][1, 0]}
-    log(f"[demo] teachers + SPoT source prompt: {teacher_steps} steps ({time.time() - t0:.0f} s)")
-
-    # ---- 2. source training: MPT (λ = 0.9 and λ = 0) and the other compositions -------------
-    t0 = time.time()
-    teacher_model = PromptedT5(config, table_gen)
-    distill_frozen = {**frozen, "teacher_prompt": teacher_table}
-    mpt_gen = MultitaskPrompt(num_tasks=num_sources, length=prompt_length, embed_dim=dim,
-                              num_ranks=rank)  # fmt: skip
-    student_tx = optimizer(source_steps)
-    students = {"mpt": RunGroup(PromptedT5(config, mpt_gen), student_tx, teacher_model)}
-    students["mpt"].start(_stack([fresh(mpt_gen, next(keys))] * 2), next(keys),
-                          weights=(distill_weight, 0.0))  # fmt: skip
-    for c in compositions:
-        gen = ComposedPrompt(num_tasks=num_sources, length=prompt_length, embed_dim=dim,
-                             composition=c, task_rank=rank)  # fmt: skip
-        students[c] = RunGroup(PromptedT5(config, gen), student_tx, teacher_model)
-        students[c].start(replicate(fresh(gen, next(keys)), 1), next(keys),
-                          weights=(distill_weight,))  # fmt: skip
-    for i in range(source_steps):
-        batch = _source_batch(pools, source_batch_per_task, seed + 1, i)
-        for group in students.values():
-            group.advance(distill_frozen, _with_runs(batch, group.runs))
-    mpt_sources = {MPT: jax.tree.map(lambda x: x[0], students["mpt"].params),
-                   MPT_NO_KD: jax.tree.map(lambda x: x[1], students["mpt"].params)}  # fmt: skip
-    log(f"[demo] MPT source training (with and without distillation"
-        f"{', ' + ', '.join(compositions) if compositions else ''}): {source_steps} steps "
-        f"({time.time() - t0:.0f} s)")  # fmt: skip
-
-    # Source-task accuracy of every source prompt (one compiled scorer).
-    source_tables = {
-        "teachers": teachers.prompts(num_sources)[0],
-        SPOT: jnp.broadcast_to(spot_source["shared"], (num_sources, prompt_length, dim)),
-        MPT: students["mpt"].prompts(num_sources)[0],
-        MPT_NO_KD: students["mpt"].prompts(num_sources)[1],
-        **{composition_name(c): students[c].prompts(num_sources)[0] for c in compositions},
-    }
-    source_test = _encode(
-        [e for t in sources for e in bench.examples(t, "test", test_size)],
-        np.repeat(np.arange(num_sources), test_size),
+    recipe = PromptRecipe() if recipe is None else recipe
+    distillation = Distillation() if distillation is None else distillation
+    sources = train_sources(
+        backbone_params,
+        config,
+        benches,
+        recipe,
+        distillation,
+        prompt_length=prompt_length,
+        rank=rank,
+        teacher_steps=teacher_steps,
+        source_steps=source_steps,
+        train_size=source_train_size,
+        batch_per_task=source_batch_per_task,
+        seed=seed,
     )
-    scorer = _scorer(PromptedT5(config, table_gen))
-    acc = scorer(jnp.stack(list(source_tables.values())), backbone_params,
-                 _with_runs(source_test, len(source_tables)))  # fmt: skip
-    source_report = {m: float(a) for m, a in zip(source_tables, np.asarray(acc), strict=True)}
-    log("[demo] source-task test accuracy: "
-        + ", ".join(f"{m} {a:.1f}%" for m, a in source_report.items()))  # fmt: skip
+    seconds["sources"] = time.time() - t0
+    score = scorer(config, prompt_length)
+    source_report = source_accuracy(score, backbone_params, benches, sources, test_size, rank)
+    log(
+        f"[demo] source stages {seconds['sources']:.0f} s; source-task test exact match: "
+        + ", ".join(f"{m} {a:.1f}" for m, a in source_report.items())
+    )
 
-    # ---- 3. few-shot target adaptation ------------------------------------------------------
+    # ---- 3. few-shot target adaptation -------------------------------------------------------
     t0 = time.time()
-    runs = [TargetRun(j, k, s) for k in shots for s in seeds for j in range(len(targets))]
-    data = [_encode(bench.few_shot(targets[r.task], r.shots, seed=r.seed), 0) for r in runs]
-    test = [_encode(bench.examples(t, "test", test_size), 0) for t in targets]
-    n = len(runs)
-    single = SinglePrompt(length=prompt_length, embed_dim=dim)
-    one_mpt = MultitaskPrompt(num_tasks=1, length=prompt_length, embed_dim=dim, num_ranks=rank)
-    average = lambda source: init_from_source(source, "average", num_target_tasks=1, rank=rank)
-    vanilla_init = _stack([fresh(single, jax.random.fold_in(jax.random.PRNGKey(r.seed), r.task))
-                           for r in runs])  # fmt: skip
-    # Methods that share a generator share a group (and its compiled step): method-major.
-    groups = {
-        "single": (single, [(VANILLA, vanilla_init), (SPOT, replicate(spot_source, n))]),
-        "mpt": (one_mpt, [(MPT_NO_KD, replicate(average(mpt_sources[MPT_NO_KD]), n)),
-                          (MPT, replicate(average(mpt_sources[MPT]), n))]),
-    }  # fmt: skip
-    for c in compositions:
-        gen = ComposedPrompt(num_tasks=1, length=prompt_length, embed_dim=dim, composition=c,
-                             task_rank=rank)  # fmt: skip
-        source = jax.tree.map(lambda x: x[0], students[c].params)
-        groups[c] = (gen, [(composition_name(c), replicate(average(source), n))])
-    order = [VANILLA, SPOT, MPT_NO_KD, MPT] + [composition_name(c) for c in compositions]
-    params_per_task, target_groups = {}, {}
-    for name, (gen, methods) in groups.items():
-        for m, _ in methods:
-            params_per_task[m] = int(count_parameters(gen).per_task)
-        group = RunGroup(PromptedT5(config, gen), optimizer(target_steps))
-        group.start(_concat([p for _, p in methods]), next(keys))
-        target_groups[name] = (group, [m for m, _ in methods])
+    history, validation, groups, runs = adapt_targets(
+        config,
+        backbone_params,
+        benches,
+        sources,
+        recipe,
+        score,
+        shots=shots,
+        seeds=seeds,
+        learning_rates=learning_rates,
+        prompt_length=prompt_length,
+        rank=rank,
+        target_steps=target_steps,
+        batch_size=target_batch_size,
+        test_size=test_size,
+        validation_size=validation_size,
+        eval_points=eval_points,
+        seed=seed,
+    )
+    seconds["targets"] = time.time() - t0
+    log(
+        f"[demo] target adaptation: {runs} runs x {target_steps} steps ({seconds['targets']:.0f} s)"
+    )
 
-    eval_at = sorted({0, target_steps} | {
-        round(target_steps * p / eval_points) for p in range(1, eval_points + 1)})  # fmt: skip
-    total_runs = n * len(order)
-    test_batch = {k: np.stack([test[r.task][k] for _ in order for r in runs]) for k in test[0]}
-    target_scorer = _scorer(PromptedT5(config, TaskPrompts(1, prompt_length, dim)))
-    curve_steps, curve_acc = [], []
-    for i in range(target_steps + 1):
-        if i in eval_at:
-            tables = {}
-            for group, methods in target_groups.values():
-                p = group.prompts(1)
-                for j, m in enumerate(methods):
-                    tables[m] = p[j * n : (j + 1) * n]
-            stacked = jnp.concatenate([tables[m] for m in order])
-            assert stacked.shape[0] == total_runs
-            curve_steps.append(i)
-            curve_acc.append(np.asarray(target_scorer(stacked, backbone_params, test_batch)))
-        if i == target_steps:
-            break
-        batch = _target_batches(data, target_batch_size, i)
-        for group, methods in target_groups.values():
-            group.advance(frozen, _concat([batch] * len(methods)))
-    log(f"[demo] target adaptation: {len(order)} methods x {n} runs, {target_steps} steps "
-        f"({time.time() - t0:.0f} s)")  # fmt: skip
-
-    # ---- results ------------------------------------------------------------------------------
-    results, curves = {}, {}
-    for mi, m in enumerate(order):
-        results[m], curves[m] = {}, {}
-        for k in shots:
-            idx = [mi * n + r for r in range(n) if runs[r].shots == k]
-            grid = np.array(
-                [
-                    [
-                        curve_acc[-1][mi * n + r]
-                        for r in range(n)
-                        if runs[r].shots == k and runs[r].seed == s
-                    ]
-                    for s in seeds
-                ]  # fmt: skip
-            )  # [seeds, tasks]
-            results[m][str(k)] = {
-                "per_task_mean": grid.mean(0).tolist(),
-                "mean": float(grid.mean()),
-                "std_over_seeds": float(grid.mean(1).std()),
-                "per_seed_per_task": grid.tolist(),
-            }
-            curves[m][str(k)] = (curve_steps, [float(np.mean(a[idx])) for a in curve_acc])
-    seconds = time.time() - start
-    table = format_table(results, params_per_task, shots, targets)
+    # ---- results ----------------------------------------------------------------------------
+    report_methods, curves, target_rms = summarise(
+        history, validation, groups, shots, seeds, len(benches), learning_rates
+    )
+    table = format_table(report_methods, shots)
+    seconds["total"] = time.time() - start
     text = (
-        f"Held-out target tasks of the embedded benchmark: exact match (%) on {test_size} test "
-        f"examples per task after {target_steps} steps, mean over seeds {seeds} (± std over "
-        f"seeds of the task average); chance is 50%.\n{table}\n"
-        f"(source-task accuracy: "
-        + ", ".join(f"{m} {a:.1f}%" for m, a in source_report.items())
-        + f"; total {seconds:.0f} s)"
+        f"Held-out target tasks of the embedded benchmark (seeds {benchmark_seeds}): test "
+        f"accuracy (%) after {target_steps} steps, mean over {len(targets)} tasks x "
+        f"few-shot seeds {seeds} (± std over seeds); EM exact match, RC rank "
+        f"classification; lr picked on validation EM from {learning_rates}; chance 50%.\n"
+        f"{table}\n(source-task exact match: "
+        + ", ".join(f"{m} {a:.1f}" for m, a in source_report.items())
+        + f"; total {seconds['total']:.0f} s)"
     )
     log("\n" + text)
     plot_curves(curves, shots, out / "learning_curves.png")
     (out / "table.txt").write_text(text + "\n")
     report = {
         "table": text,
-        "results": results,
-        "params_per_task": params_per_task,
+        "methods": report_methods,
         "curves": curves,
-        "source": source_report,
-        "tasks": {t.name: {"set_a": t.set_a, "set_b": t.set_b} for t in bench.tasks},
+        "source_accuracy": source_report,
+        "rms": {
+            "token_embedding": rms(backbone_params["token_embedder"]["embedding"]),
+            "source": source_rms(sources, rank),
+            "target": target_rms,
+        },
+        "tasks": {
+            f"{b}/{t.name}": {"set_a": t.set_a, "set_b": t.set_b}
+            for b, bench in zip(benchmark_seeds, benches, strict=True)
+            for t in bench.tasks
+        },
         "seconds": seconds,
-        "backbone": {k: v for k, v in backbone_info.items() if k != "history"},
+        "backbone": {k: v for k, v in info.items() if k != "history"},
         "settings": dict(
             quick=quick,
+            benchmark_seeds=list(benchmark_seeds),
+            seeds=list(seeds),
+            shots=list(shots),
+            learning_rates=list(learning_rates),
+            recipe=repr(recipe),
+            distillation=repr(distillation),
             prompt_length=prompt_length,
             rank=rank,
-            shots=list(shots),
-            seeds=list(seeds),
             teacher_steps=teacher_steps,
             source_steps=source_steps,
             target_steps=target_steps,
-            learning_rate=learning_rate,
-            schedule=schedule,
             test_size=test_size,
-            compositions=list(compositions),
-            distill_weight=distill_weight,
-        ),  # fmt: skip
+            validation_size=validation_size,
+            target_batch_size=target_batch_size,
+        ),
     }
     (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
-    log(f"[demo] wrote {out / 'table.txt'}, {out / 'results.json'}, "
-        f"{out / 'learning_curves.png'}")  # fmt: skip
+    log(f"[demo] wrote {out / 'table.txt'}, {out / 'results.json'}, {out / 'learning_curves.png'}")
     return report
+
+
+def source_accuracy(score, backbone, benches, sources: Sources, test_size: int, rank: int):
+    """Test exact match on the source tasks of every source prompt (mean over benchmarks)."""
+    del rank
+    tables = {
+        "teachers": sources.teachers,
+        SPOT: np.broadcast_to(sources.spot[:, None], sources.teachers.shape),
+        MPT: mpt_task_prompts(sources.mpt),
+        MPT_NO_KD: mpt_task_prompts(sources.mpt_no_kd),
+    }
+    data = stack_batches(
+        [
+            encode(bench.examples(t, "test", test_size), 0)
+            for bench in benches
+            for t in bench.source_tasks
+        ]
+    )
+    out = {}
+    for name, table in tables.items():
+        flat = jnp.asarray(table.reshape((-1,) + table.shape[2:]))  # [B · T, L, D]
+        em, _ = score(flat, backbone, data, np.arange(flat.shape[0]))
+        out[name] = float(np.mean(em))
+    return out
+
+
+def mpt_task_prompts(params: PyTree) -> np.ndarray:
+    """``P ∘ (U_k V_k)`` of every source task: ``[B, T, L, D]`` from params ``[B, ...]``."""
+    p = {k: np.asarray(v) for k, v in params.items()}
+    return p["shared"][:, None] * np.einsum("btlr,btrd->btld", p["task_cols"], p["task_rows"])
+
+
+def source_rms(sources: Sources, rank: int) -> dict:
+    """RMS of every source prompt (per benchmark), and of the target prompts they start."""
+    out = []
+    for b in range(sources.spot.shape[0]):
+        pick = lambda tree, b=b: jax.tree.map(lambda x: x[b], tree)
+        row = {"teachers": [rms(t) for t in sources.teachers[b]], SPOT: rms(sources.spot[b])}
+        for name, params in ((MPT, sources.mpt), (MPT_NO_KD, sources.mpt_no_kd)):
+            p = pick(params)
+            start = init_from_source(p, "average", num_target_tasks=1, rank=rank)
+            row[name] = {
+                "shared": rms(p["shared"]),
+                "task_prompts": [rms(t) for t in mpt_task_prompts(params)[b]],
+                "target_start": rms(
+                    start["shared"] * (start["task_cols"][0] @ start["task_rows"][0])
+                ),
+            }
+        out.append(row)
+    return out
+
+
+def summarise(history, validation, groups, shots, seeds, num_benches, learning_rates):
+    """Per method: the rate with the best validation EM, and at that rate the test scores
+    (step 0 and final, mean and std over (benchmark, seed)), curves and prompt RMS."""
+    methods = [m for _, ms, _, _ in groups for m in ms]
+    params_per_task = {
+        m: int(count_parameters(gen).per_task) for gen, ms, _, _ in groups for m in ms
+    }
+
+    def select(keys, values, m, lr, k=None):
+        return np.asarray(
+            [
+                v
+                for (mm, ll, u), v in zip(keys, values, strict=True)
+                if mm == m and ll == lr and (k is None or u.shots == k)
+            ]
+        )
+
+    v_keys, v_em = validation[0], validation[1]
+    report, curves, target_rms = {}, {}, {}
+    for m in methods:
+        by_lr = {lr: float(select(v_keys, v_em, m, lr).mean()) for lr in learning_rates}
+        lr = max(by_lr, key=by_lr.get)
+        (_, keys, em0, rc0, norm0), (_, _, em, rc, norm) = history[0], history[-1]
+        entry = {
+            "learning_rate": lr,
+            "validation_exact_match": by_lr,
+            "params_per_task": params_per_task[m],
+            "step0_exact_match": float(select(keys, em0, m, lr).mean()),
+            "step0_rank_classification": float(select(keys, rc0, m, lr).mean()),
+            "shots": {},
+        }
+        curves[m] = {}
+        for k in shots:
+            units = [u for (mm, ll, u) in keys if mm == m and ll == lr and u.shots == k]
+            e, r = select(keys, em, m, lr, k), select(keys, rc, m, lr, k)
+            groups_of = [(u.bench, u.seed) for u in units]
+            per_seed = [
+                np.mean([x for x, g in zip(e, groups_of, strict=True) if g == s])
+                for s in sorted(set(groups_of))
+            ]
+            entry["shots"][str(k)] = {
+                "exact_match": float(e.mean()),
+                "exact_match_std": float(np.std(per_seed)),
+                "rank_classification": float(r.mean()),
+                "step0_exact_match": float(select(keys, em0, m, lr, k).mean()),
+                "step0_rank_classification": float(select(keys, rc0, m, lr, k).mean()),
+                "per_task_exact_match": [
+                    float(np.mean([x for x, u in zip(e, units, strict=True) if u.task == j]))
+                    for j in sorted({u.task for u in units})
+                ],
+            }
+            curves[m][str(k)] = {
+                "steps": [h[0] for h in history],
+                "exact_match": [float(select(h[1], h[2], m, lr, k).mean()) for h in history],
+                "rank_classification": [
+                    float(select(h[1], h[3], m, lr, k).mean()) for h in history
+                ],
+            }
+        target_rms[m] = {
+            "step0": float(select(keys, norm0, m, lr).mean()),
+            "final": float(select(keys, norm, m, lr).mean()),
+        }
+        report[m] = entry
+    return report, curves, target_rms
