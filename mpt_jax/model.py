@@ -6,6 +6,11 @@ encoder-attention mask are extended by `L` always-valid positions (token
 padding stays masked). The parameter tree is the backbone's T5X tree plus the
 generator's subtree `prompt/...`.
 
+A generator may also change the embedded inputs: when it returns
+`GeneratorOutput(prompt, input_delta)` (DePT's low-rank offset, for instance),
+`input_delta [batch, S, embed]` is added to the embedded tokens before the prompt is
+prepended. The model knows no generator by name.
+
 The module speaks T5X's `EncoderDecoderModel` protocol (`__call__`, `encode`,
 `decode`) with an extra `task_ids [batch]` argument wherever the prompt is
 computed. gin::
@@ -23,8 +28,20 @@ import jax
 import jax.numpy as jnp
 
 from mpt_jax.backbone.t5 import T5
+from mpt_jax.prompts.generators import as_output
 
 Array = jax.Array
+
+
+def refuse_packing(*segment_ids: Array | None) -> None:
+    """Raises ``ValueError`` if any segment ids are given: a packed row holds several
+    examples but a prompt is one per row. (Used by every prompted encoder.)"""
+    if any(s is not None for s in segment_ids):
+        raise ValueError(
+            "Packed inputs (segment ids) are not supported with a prompt: a packed row "
+            "holds several examples but gets a single prompt. Disable packing (pack=False "
+            "in the feature converter, or in T5X's DatasetConfig)."
+        )
 
 
 @gin.configurable
@@ -34,7 +51,8 @@ class PromptedT5(T5):
     Attributes:
       config: the backbone's `T5Config`.
       prompt: a generator `(task_ids [batch], embedded [batch, S, embed],
-        input_mask [batch, S]) -> [batch, L, embed]` with a static
+        input_mask [batch, S]) -> prompt [batch, L, embed]` (or
+        `GeneratorOutput(prompt, input_delta [batch, S, embed])`) with a static
         `prompt_length`, or None (then `task_ids` are ignored).
     """
 
@@ -46,12 +64,8 @@ class PromptedT5(T5):
         return 0 if self.prompt is None else int(self.prompt.prompt_length)
 
     def _refuse_packing(self, *segment_ids: Array | None) -> None:
-        if self.prompt is not None and any(s is not None for s in segment_ids):
-            raise ValueError(
-                "Packed inputs (segment ids) are not supported with a prompt: a packed row "
-                "holds several examples but gets a single prompt. Disable packing in the "
-                "feature converter (pack=False)."
-            )
+        if self.prompt is not None:
+            refuse_packing(*segment_ids)
 
     def _encoder_mask(self, encoder_input_tokens: Array) -> Array:
         """`[batch, L + S]` validity mask: prompt positions, then token padding."""
@@ -85,13 +99,22 @@ class PromptedT5(T5):
         if self.prompt is not None:
             if task_ids is None:
                 raise ValueError("task_ids [batch] are required when the model has a prompt.")
-            prompt = self.prompt(task_ids, embedded, encoder_input_tokens > 0)
+            prompt, input_delta = as_output(
+                self.prompt(task_ids, embedded, encoder_input_tokens > 0)
+            )
             expected = (embedded.shape[0], self.prompt_length, embedded.shape[2])
             if prompt.shape != expected:
                 raise ValueError(
                     f"The prompt generator returned shape {prompt.shape}; expected {expected} "
                     "([batch, prompt_length, embed])."
                 )
+            if input_delta is not None:
+                if input_delta.shape != embedded.shape:
+                    raise ValueError(
+                        f"The prompt generator returned an input_delta of shape "
+                        f"{input_delta.shape}; expected the embedded inputs' {embedded.shape}."
+                    )
+                embedded = embedded + input_delta.astype(embedded.dtype)
             embedded = jnp.concatenate([prompt.astype(embedded.dtype), embedded], axis=1)
         return self.encode_from_embeddings(
             embedded,

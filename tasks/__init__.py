@@ -17,7 +17,8 @@ A T5X gin file::
     import mpt_jax.tasks
     MIXTURE_OR_TASK_NAME = 'mpt_source_mixture'
     TASK_FEATURE_LENGTHS = {'inputs': 256, 'targets': 128}
-    active_task_index.mixture = 'mpt_source_mixture'   # task ids: its tasks by name
+    PromptEncDecFeatureConverter.task_index = @task_index()
+    task_index.mixture = 'mpt_source_mixture'   # task ids: its tasks by name
     t5_vocabulary.sentencepiece_model_path = '/data/t5/spiece.model'
     train/utils.DatasetConfig.pack = False             # prompts cannot be packed
 

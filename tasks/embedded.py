@@ -10,7 +10,7 @@ Registered on import (names for the default benchmark, seed 0, 6 sources, 4 targ
   uses seeds 0, 1, 2) and the same validation/test splits;
 - ``mpt_embedded_pretrain``: the backbone's instructed pretraining mixture (train only);
 - mixtures ``mpt_embedded_source`` and ``mpt_embedded_target`` (equal rates); their task
-  order is the task-id order (``active_task_index.mixture = 'mpt_embedded_source'``).
+  order is the task-id order (``task_index.mixture = 'mpt_embedded_source'``).
 
 Inputs and targets use ``seqio.ByteVocabulary`` with EOS; the metric is exact-match
 accuracy in percent. The examples are the ones the demo trains on
@@ -21,7 +21,8 @@ Gin example (T5X)::
     import mpt_jax.tasks.embedded
     MIXTURE_OR_TASK_NAME = 'mpt_embedded_source'
     TASK_FEATURE_LENGTHS = {'inputs': 16, 'targets': 4}
-    active_task_index.mixture = 'mpt_embedded_source'
+    PromptEncDecFeatureConverter.task_index = @task_index()
+    task_index.mixture = 'mpt_embedded_source'
 """
 
 from __future__ import annotations

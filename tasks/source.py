@@ -2,7 +2,7 @@
 
 - ``mpt_source_mixture``: MNLI, QNLI, QQP, SST-2, SQuAD, ReCoRD (the paper's source
   tasks, each with > 100k examples). A run's task ids follow seqio's task order, sorted
-  by name (``active_task_index.mixture = 'mpt_source_mixture'``), which here is also
+  by name (``task_index.mixture = 'mpt_source_mixture'``), which here is also
   the paper's order: ``mpt_glue_mnli`` 0, …, ``mpt_superglue_record`` 5.
 - ``mpt_glue_mixture`` (8 tasks), ``mpt_superglue_mixture`` (5), ``mpt_mrqa_mixture``
   (4), ``mpt_others_mixture`` (4): the targets trained jointly (MPT's multi-task

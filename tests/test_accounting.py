@@ -8,6 +8,7 @@ from mpt_jax.prompts import (
     MultitaskPrompt,
     SinglePrompt,
     TaskPrompts,
+    compositions,
 )
 from mpt_jax.prompts.accounting import ParameterCount, count_parameters
 
@@ -41,8 +42,8 @@ def test_counts_of_other_generators_by_hand():
     gated = ComposedPrompt(num_tasks=3, length=10, embed_dim=8, composition="gated", task_rank=1)
     assert count_parameters(gated) == ParameterCount(80 + 2 * 8 + 1, 18, 0, 3, 0)
     attention = ComposedPrompt(
-        num_tasks=2, length=10, embed_dim=8, composition="attention", pool_size=3,
-        attention_hidden=4,
+        num_tasks=2, length=10, embed_dim=8,
+        composition=compositions.Attention(pool_size=3, hidden=4),
     )  # fmt: skip
     down, up, norm = 8 * 4 + 4, 4 * 8 + 8, 2 * 8
     assert count_parameters(attention) == ParameterCount(3 * 80 + down + up + norm, 80, 0, 2, 0)

@@ -1,5 +1,9 @@
 """Each composition against its formula written out in numpy, under jit, with gradients."""
 
+import dataclasses
+from typing import ClassVar
+
+import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -140,8 +144,98 @@ def test_low_rank_is_matrix_product():
 
 
 def test_bad_names_and_lengths_are_named_in_errors():
-    with pytest.raises(ValueError, match="unknown composition 'product'"):
-        comp.check_composition("product")
+    with pytest.raises(ValueError, match=r"unknown composition 'product'; expected one of .*'add'"):
+        comp.resolve("product")
+    with pytest.raises(
+        ValueError, match=r"'attention' has required settings \['pool_size'\].*Attention.pool_size"
+    ):
+        comp.resolve("attention")
     with pytest.raises(ValueError, match=r"'add' needs equal.*shared length 4.*task length 2"):
-        comp.check_lengths("add", 4, 2)
-    comp.check_lengths("concat", 4, 2)
+        comp.Add().check_lengths(4, 2)
+    comp.Concat().check_lengths(4, 2)
+    with pytest.raises(ValueError, match="Attention: pool_size must be a positive integer, got 0"):
+        comp.Attention(pool_size=0)
+    with pytest.raises(ValueError, match="temperature must be positive, got -1"):
+        comp.Attention(pool_size=1, temperature=-1.0)
+
+
+BUILT_IN = {
+    "hadamard": comp.Hadamard(),
+    "add": comp.Add(),
+    "concat": comp.Concat(),
+    "weighted": comp.Weighted(),
+    "gated": comp.Gated(),
+    "attention": comp.Attention(pool_size=2, hidden=3),
+}
+
+
+def test_every_built_in_is_registered_by_its_name():
+    assert set(BUILT_IN) <= set(comp.known())
+    assert comp.COMPOSITIONS == tuple(BUILT_IN)
+    for name, obj in BUILT_IN.items():
+        assert obj.name == name
+        if name != "attention":
+            assert comp.resolve(name) == obj
+        assert comp.resolve(obj) is obj
+
+
+def test_compositions_are_hashable_comparable_and_recorded_stably():
+    # a generator configuration (with its composition) is recorded in checkpoints and
+    # compared on reuse, and Flax hashes module fields
+    assert comp.Attention(pool_size=2) == comp.Attention(pool_size=2)
+    assert comp.Attention(pool_size=2) != comp.Attention(pool_size=3)
+    assert comp.Add() != comp.Hadamard() and comp.Weighted() != comp.Gated()
+    assert len({comp.Add(), comp.Add(), comp.Gated()}) == 2
+    assert hash(comp.Attention(pool_size=2, hidden=3)) == hash(BUILT_IN["attention"])
+    assert comp.Add().record() == {"class": "Add"}
+    assert BUILT_IN["attention"].record() == {
+        "class": "Attention", "pool_size": 2, "hidden": 3, "temperature": None
+    }  # fmt: skip
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        BUILT_IN["attention"].pool_size = 4
+
+
+def test_lengths_each_composition_produces():
+    for name, obj in BUILT_IN.items():
+        expected = 4 + 2 if name == "concat" else 4
+        assert obj.prompt_length(4, 2 if name == "concat" else 4) == expected
+
+
+def test_gin_binds_composition_objects():
+    gin.clear_config()
+    try:
+        gin.parse_config(
+            """
+            import mpt_jax.prompts
+            prompts.ComposedPrompt.composition = @compositions.Attention()
+            compositions.Attention.pool_size = 3
+            compositions.Attention.temperature = 2.0
+            """
+        )
+        from mpt_jax.prompts import ComposedPrompt
+
+        gen = ComposedPrompt(num_tasks=2, length=4, embed_dim=8)
+        assert gen.composition == comp.Attention(pool_size=3, temperature=2.0)
+        gin.clear_config()
+        gin.parse_config("prompts.ComposedPrompt.composition = 'gated'")  # older gin files
+        assert ComposedPrompt(num_tasks=2, length=4, embed_dim=8).composition == comp.Gated()
+    finally:
+        gin.clear_config()
+
+
+def test_a_composition_is_added_by_subclassing_and_registering():
+    @comp.register
+    @dataclasses.dataclass(frozen=True)
+    class Subtract(comp.Composition):
+        name: ClassVar[str] = "test_subtract"
+
+        def __call__(self, site, base, part, ids, inputs):
+            return base - part
+
+    assert comp.resolve("test_subtract") == Subtract()
+    with pytest.raises(ValueError, match="name 'test_subtract' is taken"):
+
+        @comp.register
+        @dataclasses.dataclass(frozen=True)
+        class Other(comp.Composition):
+            name: ClassVar[str] = "test_subtract"

@@ -15,6 +15,7 @@ from mpt_jax.prompts import (
     check_task_ids,
     initializers,
 )
+from mpt_jax.prompts import compositions as comp
 
 T, L, D, R = 3, 4, 6, 2
 IDS = np.array([2, 0, 1, 2], np.int32)
@@ -178,11 +179,20 @@ def _random_like(params, seed=3):
     return jax.tree.map(lambda x: rng.normal(size=x.shape).astype(np.float32), params)
 
 
+OBJECTS = {
+    "hadamard": comp.Hadamard(),
+    "add": comp.Add(),
+    "concat": comp.Concat(),
+    "weighted": comp.Weighted(),
+    "gated": comp.Gated(),
+    "attention": comp.Attention(pool_size=2, hidden=3),
+}
+
+
 def _composed(composition, rank):
     return ComposedPrompt(
-        num_tasks=T, length=L, embed_dim=D, composition=composition, task_rank=rank,
+        num_tasks=T, length=L, embed_dim=D, composition=OBJECTS[composition], task_rank=rank,
         task_length=2 if composition == "concat" else None,
-        pool_size=2 if composition == "attention" else 0, attention_hidden=3,
     )  # fmt: skip
 
 
@@ -290,15 +300,36 @@ def test_fresh_weighted_and_gated_start_at_the_midpoint():
         np.testing.assert_allclose(module.apply(variables, IDS, None), expected, atol=1e-6)
 
 
+def test_multitask_prompt_is_the_hadamard_low_rank_preset_of_composed_prompt():
+    mpt = MultitaskPrompt(num_tasks=T, length=L, embed_dim=D, num_ranks=R)
+    composed = ComposedPrompt(
+        num_tasks=T, length=L, embed_dim=D, composition=comp.Hadamard(), task_rank=R
+    )
+    variables = mpt.init(jax.random.key(0), IDS, None)
+    assert jax.tree.structure(variables) == jax.tree.structure(
+        composed.init(jax.random.key(0), IDS, None)
+    )  # same names (shared, task_cols, task_rows), same logical axes
+    params = _random_like(nn.unbox(variables)["params"])
+    np.testing.assert_array_equal(
+        mpt.apply({"params": params}, IDS), composed.apply({"params": params}, IDS)
+    )
+
+
+def test_string_names_build_the_same_generator_as_objects():
+    for name in ("hadamard", "add", "weighted", "gated"):
+        by_name = ComposedPrompt(num_tasks=T, length=L, embed_dim=D, composition=name)
+        assert by_name == ComposedPrompt(
+            num_tasks=T, length=L, embed_dim=D, composition=OBJECTS[name]
+        )
+
+
 def test_composed_prompt_bad_configuration_is_named():
     with pytest.raises(ValueError, match="'hadamard' needs equal lengths.*4.*task length 3"):
         ComposedPrompt(num_tasks=2, length=4, embed_dim=D, task_length=3)
     with pytest.raises(ValueError, match="unknown composition 'mul'"):
         ComposedPrompt(num_tasks=2, length=4, embed_dim=D, composition="mul")
-    with pytest.raises(ValueError, match="pool_size must be a positive integer, got 0"):
+    with pytest.raises(ValueError, match=r"'attention' has required settings \['pool_size'\]"):
         ComposedPrompt(num_tasks=2, length=4, embed_dim=D, composition="attention")
-    with pytest.raises(ValueError, match="pool_size=2 is only used by the 'attention'"):
-        ComposedPrompt(num_tasks=2, length=4, embed_dim=D, pool_size=2)
     module = _composed("attention", None)
     with pytest.raises(ValueError, match="embedded_inputs must be given"):
         module.init(jax.random.key(0), IDS, None)
@@ -383,8 +414,10 @@ def test_hierarchical_bad_groups_are_named():
         HierarchicalPrompt(task_groups=(0, 5), num_groups=2, length=L, embed_dim=D)
     with pytest.raises(ValueError, match=r"groups \[1\] hold no task"):
         HierarchicalPrompt(task_groups=(0, 2), length=L, embed_dim=D)
-    with pytest.raises(ValueError, match="task_composition 'attention' is not one of"):
-        HierarchicalPrompt(task_groups=(0,), length=L, embed_dim=D, task_composition="attention")
+    with pytest.raises(ValueError, match="task_composition 'attention' cannot be a level"):
+        HierarchicalPrompt(
+            task_groups=(0,), length=L, embed_dim=D, task_composition=OBJECTS["attention"]
+        )
     with pytest.raises(ValueError, match="'add' needs equal lengths"):
         HierarchicalPrompt(
             task_groups=(0,), length=L, embed_dim=D, group_composition="add", group_length=2
@@ -407,7 +440,7 @@ def test_gin_builds_generators_from_the_docstring_bindings():
             prompts.MultitaskPrompt.num_ranks = 2
             prompts.MultitaskPrompt.shared_init = @prompts.constant()
             prompts.constant.value = 0.25
-            prompts.ComposedPrompt.composition = "add"
+            prompts.ComposedPrompt.composition = @compositions.Add()
             """
         )
         module = MultitaskPrompt()
@@ -415,6 +448,6 @@ def test_gin_builds_generators_from_the_docstring_bindings():
         variables = module.init(jax.random.key(0), np.array([0, 1]), None)
         np.testing.assert_array_equal(nn.unbox(variables)["params"]["shared"], 0.25)
         composed = ComposedPrompt(num_tasks=2, length=3, embed_dim=4)
-        assert composed.composition == "add"
+        assert composed.composition == comp.Add()
     finally:
         gin.clear_config()

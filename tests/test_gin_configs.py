@@ -180,7 +180,7 @@ def test_ablations_are_single_bindings():
         ["models/hierarchical.gin", "models/sizes/tiny.gin"],
         [*MODEL_BINDINGS, "TASK_COMPOSITION = 'add'", "TASK_RANK = None"],
     )
-    assert hier.prompt.task_composition == "add"
+    assert hier.prompt.task_composition.name == "add"
     assert _prompt_shapes(hier)["task_prompts"] == (3, 4, 32)
 
 

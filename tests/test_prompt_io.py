@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from mpt_jax.prompts import ComposedPrompt, MultitaskPrompt
+from mpt_jax.prompts import ComposedPrompt, MultitaskPrompt, compositions
 from mpt_jax.prompts import io as prompt_io
 
 T, L, D, R = 3, 4, 8, 2
@@ -28,8 +28,8 @@ def _mpt_params(seed=0, tasks=T):
 
 def test_npy_round_trip_is_identical_and_file_names_use_the_separator(tmp_path):
     module = ComposedPrompt(
-        num_tasks=2, length=L, embed_dim=D, composition="attention", pool_size=2,
-        attention_hidden=3,
+        num_tasks=2, length=L, embed_dim=D,
+        composition=compositions.Attention(pool_size=2, hidden=3),
     )  # fmt: skip
     variables = module.init(jax.random.key(0), np.array([0, 1]), jnp.ones((2, 3, D)))
     paths = prompt_io.save_npy(variables["params"], str(tmp_path))

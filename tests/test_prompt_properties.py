@@ -33,11 +33,11 @@ def generator_and_batch(draw):
     elif kind == "composed":
         tasks = draw(st.integers(1, 4))
         composition = draw(st.sampled_from(compositions.COMPOSITIONS))
+        if composition == "attention":
+            composition = compositions.Attention(pool_size=draw(st.sampled_from([1, 2])), hidden=2)
         module = ComposedPrompt(
             tasks, length, dim, composition=composition, task_rank=rank,
             task_length=draw(st.sampled_from([1, 2])) if composition == "concat" else None,
-            pool_size=draw(st.sampled_from([1, 2])) if composition == "attention" else 0,
-            attention_hidden=2,
         )  # fmt: skip
     else:
         groups = draw(st.integers(1, 3))

@@ -143,21 +143,20 @@ def test_seqio_tasks_give_the_same_batches(bench):
     seqio = pytest.importorskip("seqio")
     import mpt_jax.tasks.embedded as embedded
     from mpt_jax.data.feature_converter import PromptEncDecFeatureConverter
-    from mpt_jax.data.task_ids import TaskIndex, use_task_index
+    from mpt_jax.data.task_ids import TaskIndex
 
     names = [f"mpt_embedded_target_{j}_16shot" for j in range(4)]
     mixture = seqio.get_mixture_or_task("mpt_embedded_source")
     assert [t.name for t in mixture.tasks] == [f"mpt_embedded_source_{i}" for i in range(6)]
     lengths = {"inputs": 16, "targets": 4}
-    with use_task_index(TaskIndex(tuple(names))):
-        ds = seqio.get_dataset(
-            names[2],
-            lengths,
-            dataset_split="train",
-            shuffle=False,
-            feature_converter=PromptEncDecFeatureConverter(),
-        )
-        got = list(ds.as_numpy_iterator())
+    ds = seqio.get_dataset(
+        names[2],
+        lengths,
+        dataset_split="train",
+        shuffle=False,
+        feature_converter=PromptEncDecFeatureConverter(task_index=TaskIndex(tuple(names))),
+    )
+    got = list(ds.as_numpy_iterator())
     assert len(got) == 16
     expected = synthetic.to_batch(
         bench.few_shot("target_2", 16, seed=0), [2] * 16, input_length=16, target_length=4

@@ -223,9 +223,7 @@ GENERATORS = {
         num_tasks=T,
         length=L,
         embed_dim=D,
-        composition="attention",
-        pool_size=2,
-        attention_hidden=8,
+        composition=prompts.compositions.Attention(pool_size=2, hidden=8),
     ),  # fmt: skip
     "gated": prompts.ComposedPrompt(
         num_tasks=T, length=L, embed_dim=D, composition="gated", task_rank=1

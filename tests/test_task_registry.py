@@ -11,7 +11,7 @@ import tensorflow as tf
 
 import mpt_jax.tasks
 from mpt_jax.data.feature_converter import PromptEncDecFeatureConverter
-from mpt_jax.data.task_ids import TaskIndex, use_task_index
+from mpt_jax.data.task_ids import TaskIndex, task_index, task_key
 from mpt_jax.tasks import data_sources, metrics, source
 from mpt_jax.tasks.vocab import TASK_VOCABULARY
 
@@ -193,20 +193,19 @@ def file_bound(tmp_path):
 def test_end_to_end_from_jsonl_files(file_bound):
     lengths = {"inputs": 96, "targets": 24}
     index = TaskIndex(("mpt_glue_rte", "mpt_mrqa_nq"))
-    with use_task_index(index):
-        rte = seqio.get_mixture_or_task("mpt_glue_rte")
-        nq = seqio.get_mixture_or_task("mpt_mrqa_nq")
-        rte_examples = list(
-            rte.get_dataset(lengths, split="validation", shuffle=False).as_numpy_iterator()
-        )
-        nq_examples = list(
-            nq.get_dataset(lengths, split="validation", shuffle=False).as_numpy_iterator()
-        )
-        converted = list(
-            PromptEncDecFeatureConverter()(
-                nq.get_dataset(lengths, split="validation", shuffle=False), lengths
-            ).as_numpy_iterator()
-        )
+    rte = seqio.get_mixture_or_task("mpt_glue_rte")
+    nq = seqio.get_mixture_or_task("mpt_mrqa_nq")
+    rte_examples = list(
+        rte.get_dataset(lengths, split="validation", shuffle=False).as_numpy_iterator()
+    )
+    nq_examples = list(
+        nq.get_dataset(lengths, split="validation", shuffle=False).as_numpy_iterator()
+    )
+    converted = list(
+        PromptEncDecFeatureConverter(task_index=index)(
+            nq.get_dataset(lengths, split="validation", shuffle=False), lengths
+        ).as_numpy_iterator()
+    )
     vocab = seqio.ByteVocabulary()
     assert vocab.decode(rte_examples[0]["inputs"].tolist()) == (
         "rte sentence1: A man sleeps. sentence2: A person rests."
@@ -216,12 +215,12 @@ def test_end_to_end_from_jsonl_files(file_bound):
         "entailment",
         "not_entailment",
     ]
-    assert [ex["task_ids"].tolist() for ex in rte_examples] == [[0], [0]]
+    assert [ex["task_ids"].tolist() for ex in rte_examples] == [[task_key("mpt_glue_rte")]] * 2
     assert len(nq_examples) == 2  # one record per question; the header line is skipped
     assert nq_examples[0]["inputs_pretokenized"] == (
         b"question: Who wrote it? context: Ada wrote the first program."
     )
-    assert [ex["task_ids"].tolist() for ex in nq_examples] == [[1], [1]]
+    assert [ex["task_ids"].tolist() for ex in nq_examples] == [[task_key("mpt_mrqa_nq")]] * 2
     assert converted[1]["task_ids"] == 1
     assert converted[1]["encoder_input_tokens"].shape == (96,)
     np.testing.assert_array_equal(
@@ -248,14 +247,14 @@ def test_mixture_keeps_task_ids(file_bound):
     name = "test_mpt_rte_nq_mixture"
     seqio.MixtureRegistry.add(name, [("mpt_glue_rte", 1.0), ("mpt_mrqa_nq", 1.0)])
     try:
-        with use_task_index(TaskIndex.from_mixture(name)):
-            ds = seqio.get_mixture_or_task(name).get_dataset(
-                {"inputs": 96, "targets": 24}, split="validation", shuffle=False, num_epochs=1
-            )
-            ids = [ex["task_ids"].tolist() for ex in ds.as_numpy_iterator()]
+        ds = seqio.get_mixture_or_task(name).get_dataset(
+            {"inputs": 96, "targets": 24}, split="validation", shuffle=False, num_epochs=1
+        )
+        ids = [ex["task_ids"].tolist() for ex in ds.as_numpy_iterator()]
     finally:
         seqio.MixtureRegistry.remove(name)
-    assert ids and set(map(tuple, ids)) <= {(0,), (1,)}
+    keys = {(task_key("mpt_glue_rte"),), (task_key("mpt_mrqa_nq"),)}
+    assert ids and set(map(tuple, ids)) <= keys
 
 
 def test_vocabulary_follows_gin():
@@ -286,20 +285,19 @@ def test_vocabulary_follows_gin():
 def test_too_long_example_is_an_error_in_the_task(file_bound):
     import tensorflow as tf
 
-    with use_task_index(TaskIndex(("mpt_glue_rte",))):
-        ds = seqio.get_mixture_or_task("mpt_glue_rte").get_dataset(
-            {"inputs": 16, "targets": 24}, split="validation", shuffle=False
-        )
-        with pytest.raises(tf.errors.InvalidArgumentError, match="inputs of mpt_glue_rte"):
-            list(ds.as_numpy_iterator())
+    ds = seqio.get_mixture_or_task("mpt_glue_rte").get_dataset(
+        {"inputs": 16, "targets": 24}, split="validation", shuffle=False
+    )
+    with pytest.raises(tf.errors.InvalidArgumentError, match="inputs of mpt_glue_rte"):
+        list(ds.as_numpy_iterator())
 
 
 def test_seqio_evaluator_scores_a_task(file_bound):
     """T5X's evaluation path: seqio.Evaluator + our converter + the task's metrics."""
-    gin.bind_parameter("active_task_index.task_names", ["mpt_glue_rte"])
+    gin.bind_parameter("task_index.task_names", ["mpt_glue_rte"])
     evaluator = seqio.Evaluator(
         mixture_or_task_name="mpt_glue_rte",
-        feature_converter=PromptEncDecFeatureConverter(),
+        feature_converter=PromptEncDecFeatureConverter(task_index=task_index()),
         eval_split="validation",
         sequence_length=None,  # measured, task_ids included (length 1)
     )

@@ -41,6 +41,8 @@ import gin
 import seqio
 import tensorflow as tf
 
+from mpt_jax.data.task_ids import KEY_BASE, TaskIndex, ids_from_keys
+
 TRUNCATION_POLICIES = ("error", "truncate")
 
 
@@ -190,10 +192,13 @@ class PromptEncDecFeatureConverter(seqio.FeatureConverter):
       passthrough_features: extra features copied unchanged (seqio's meaning).
       truncation: ``"error"`` or ``"truncate"``; ``None`` (default) reads
         :func:`length_policy` (see the module docstring).
+      task_index: the run's task-id mapping: ``task_ids`` arrive as task keys
+        (``task_ids.add_task_ids``) and leave as this mapping's ids. ``None``: the
+        examples carry ids already, and a task key among them is an error.
 
     Example::
 
-      converter = PromptEncDecFeatureConverter()
+      converter = PromptEncDecFeatureConverter(task_index=TaskIndex(("rte", "mnli")))
       ds = converter(task_ds, {"inputs": 256, "targets": 16})
       # ds elements: encoder_input_tokens [256], ..., task_ids []
     """
@@ -223,6 +228,7 @@ class PromptEncDecFeatureConverter(seqio.FeatureConverter):
         bos_id: int = 0,
         passthrough_features: Mapping[str, seqio.FeatureConverter.FeatureSpec] | None = None,
         truncation: str | None = None,
+        task_index: TaskIndex | None = None,
     ):
         if pack:
             raise ValueError(
@@ -238,6 +244,7 @@ class PromptEncDecFeatureConverter(seqio.FeatureConverter):
                 f"truncation must be one of {TRUNCATION_POLICIES}; got {truncation!r}."
             )
         self._truncation = truncation
+        self._task_index = task_index
         self._truncation_counts = TruncationCounts()
         super().__init__(
             pack=False,
@@ -280,6 +287,7 @@ class PromptEncDecFeatureConverter(seqio.FeatureConverter):
             )
         if spec.shape.rank == 1:
             ds = ds.map(_scalar_task_ids, num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(_task_ids_mapper(self._task_index), num_parallel_calls=tf.data.AUTOTUNE)
         lengths = {k: v for k, v in task_feature_lengths.items() if k in self.TASK_FEATURES}
         ds = enforce_max_lengths(
             ds, lengths, truncation=self._truncation, counts=self._truncation_counts
@@ -320,6 +328,26 @@ class PromptEncDecFeatureConverter(seqio.FeatureConverter):
         for k in self._passthrough_features:
             lengths[k] = task_feature_lengths[k]
         return lengths
+
+
+def _task_ids_mapper(index: TaskIndex | None):
+    """Task keys to the run's ids (with a mapping), or a check that no key slipped through."""
+    if index is not None:
+        lookup = ids_from_keys(index)
+        return lambda example: {**example, "task_ids": lookup(example["task_ids"])}
+
+    def check(example):
+        ids = example["task_ids"]
+        is_id = tf.debugging.assert_less(
+            ids, KEY_BASE,
+            message="task_ids hold task keys (from add_task_ids): give the feature converter "
+            "the run's mapping, PromptEncDecFeatureConverter(task_index=...) (gin: "
+            "PromptEncDecFeatureConverter.task_index = @task_ids.task_index())",
+        )  # fmt: skip
+        with tf.control_dependencies([is_id]):
+            return {**example, "task_ids": tf.identity(ids)}
+
+    return check
 
 
 def _scalar_task_ids(example):

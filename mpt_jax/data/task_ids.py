@@ -8,37 +8,52 @@ run resumes, or a target run loads a source checkpoint by task name, the saved i
 checked against the current one with :func:`check_compatible`, so a row is never read for
 the wrong task.
 
-The ``task_ids`` feature is added by the seqio preprocessor :func:`add_task_ids`, as an
-int32 vector of length one per example (``[1]``): tasks declare it as an output feature so
-that seqio mixtures keep it and seqio's evaluator can measure it (both assume rank-1
-features); the feature converter turns it into the scalar per example (``[B]`` per batch)
-that the model takes. Tasks are registered once but used by runs with different
-mappings (MNLI is id 0 in the source mixture and id 1 in the GLUE mixture), so
-the preprocessor looks the id up in the *active* index when the dataset is built:
+Tasks are registered once but used by runs with different mappings (MNLI is id 0 in the
+source mixture and id 1 in the GLUE mixture), so the mapping is not known when a task is
+registered. It is passed to the feature converter of each run instead, and nothing is
+held in a module global:
 
-- in gin: ``active_task_index.task_names = ['mpt_glue_mnli', 'mpt_glue_qnli', ...]``
-  or ``active_task_index.mixture = 'mpt_source_mixture'`` (the mixture's tasks in
-  seqio's order, ``Mixture.tasks``: sorted by name);
-- in Python: ``with use_task_index(TaskIndex(("mpt_glue_rte",))): ...``.
+- the seqio preprocessor :func:`add_task_ids` (bound with the task's name when the task is
+  registered) adds ``task_ids = [task_key(name)]``: an int32 ``[1]`` fingerprint of the
+  task's name, the same in every run. Tasks declare ``task_ids`` as an output feature so
+  that seqio mixtures keep it and seqio's evaluator can measure it (both assume rank-1
+  features);
+- the run's ``PromptEncDecFeatureConverter(task_index=index)`` turns each key into the
+  run's task id (:func:`ids_from_keys`) and the ``[1]`` vector into the scalar per example
+  (``[B]`` per batch) that the model takes. A key the mapping does not hold is an error
+  naming the mapping; in gin (T5X)::
 
-With neither, building a dataset fails with an error that says how to bind one; there is
-no silent default (a default of "every task is id 0" would quietly train one prompt).
+      feature_converter.PromptEncDecFeatureConverter.task_index = @task_ids.task_index()
+      task_ids.task_index.mixture = 'mpt_source_mixture'   # or task_ids.task_index.task_names
+
+Keys lie in ``[2**30, 2**31)`` and ids below ``2**30``, so a converter given keys but no
+mapping refuses them instead of training on a wrong row.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import dataclasses
+import hashlib
 import json
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import gin
 import seqio
 import tensorflow as tf
 
 FORMAT_VERSION = 1
+
+#: Task keys (:func:`task_key`) lie in ``[KEY_BASE, 2 * KEY_BASE)``; task ids below it.
+KEY_BASE = 2**30
+
+
+def task_key(name: str) -> int:
+    """A stable int32 fingerprint of a task name in ``[2**30, 2**31)`` (the same in every
+    run and process): what :func:`add_task_ids` writes and the converter maps to an id."""
+    digest = hashlib.sha256(name.encode("utf-8")).digest()
+    return KEY_BASE + int.from_bytes(digest[:4], "big") % KEY_BASE
 
 
 class TaskIndexError(ValueError):
@@ -66,6 +81,9 @@ class TaskIndex:
         duplicates = sorted(n for n, count in collections.Counter(names).items() if count > 1)
         if duplicates:
             raise TaskIndexError(f"Task names must be unique; {duplicates} repeat in {names}.")
+        keys = collections.Counter(task_key(n) for n in names)
+        if any(count > 1 for count in keys.values()):
+            raise TaskIndexError(f"Two task names of {names} share a task key; rename one.")
 
     @property
     def num_tasks(self) -> int:
@@ -178,51 +196,52 @@ def check_compatible(saved: TaskIndex, current: TaskIndex, *, context: str = "")
     )
 
 
-# -- the active mapping ----------------------------------------------------------------------
-
-_ACTIVE: list[TaskIndex] = []
+# -- the mapping of a run, passed to its feature converter ----------------------------------
 
 
 @gin.configurable
-def active_task_index(
-    task_names: Sequence[str] | None = None, mixture: str | None = None
-) -> TaskIndex:
-    """The mapping that :func:`add_task_ids` uses when a dataset is built.
-
-    Precedence: an index set with :func:`use_task_index` (innermost first), then the gin
-    bindings ``task_names`` (explicit order) or ``mixture`` (its tasks sorted by name).
+def task_index(task_names: Sequence[str] | None = None, mixture: str | None = None) -> TaskIndex:
+    """A mapping from gin: ``task_names`` (explicit order) or ``mixture`` (its tasks sorted
+    by name). Bind it to the feature converter (``PromptEncDecFeatureConverter.task_index``).
 
     Raises:
-      TaskIndexError: when none of them is set, or both gin bindings are.
+      TaskIndexError: when neither or both are bound.
     """
-    if _ACTIVE:
-        return _ACTIVE[-1]
-    if task_names is not None and mixture is not None:
+    if (task_names is None) == (mixture is None):
         raise TaskIndexError(
-            "Bind only one of active_task_index.task_names and active_task_index.mixture; "
-            f"got task_names={list(task_names)} and mixture={mixture!r}."
+            "Bind exactly one of task_index.task_names and task_index.mixture; got "
+            f"task_names={None if task_names is None else list(task_names)} and "
+            f"mixture={mixture!r}."
         )
     if task_names is not None:
         return TaskIndex(tuple(task_names))
-    if mixture is not None:
-        return TaskIndex.from_mixture(mixture)
-    raise TaskIndexError(
-        "No task-id mapping is active. Bind one in gin "
-        "(`active_task_index.task_names = [...]` or `active_task_index.mixture = '...'`) "
-        "or wrap dataset construction in `with use_task_index(TaskIndex(...)):`."
+    return TaskIndex.from_mixture(mixture)
+
+
+def ids_from_keys(index: TaskIndex) -> Callable[[tf.Tensor], tf.Tensor]:
+    """``lookup(keys) -> ids``: task keys (int32, any shape) to ``index``'s task ids.
+
+    The table is made once, here (outside any ``Dataset.map``, where TensorFlow does not
+    allow creating it); an unknown key fails when the dataset is read, naming the mapping.
+    """
+    table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(
+            tf.constant([task_key(n) for n in index.names], tf.int64),
+            tf.range(len(index.names), dtype=tf.int64),
+        ),
+        default_value=-1,
+    )
+    message = (
+        f"an example of a task that is not in the task-id mapping of the run {list(index.names)} "
+        "(task_ids holds the task key written by add_task_ids)"
     )
 
+    def lookup(keys: tf.Tensor) -> tf.Tensor:
+        ids = table.lookup(tf.cast(keys, tf.int64))
+        with tf.control_dependencies([tf.debugging.assert_non_negative(ids, message=message)]):
+            return tf.cast(tf.identity(ids), tf.int32)
 
-@contextlib.contextmanager
-def use_task_index(index: TaskIndex) -> Iterator[TaskIndex]:
-    """Makes ``index`` the active mapping inside the ``with`` block."""
-    if not isinstance(index, TaskIndex):
-        raise TypeError(f"use_task_index expects a TaskIndex; got {type(index).__name__}.")
-    _ACTIVE.append(index)
-    try:
-        yield index
-    finally:
-        _ACTIVE.pop()
+    return lookup
 
 
 TASK_IDS_FEATURE = seqio.Feature(
@@ -235,28 +254,22 @@ TASK_IDS_FEATURE = seqio.Feature(
 """The output feature every prompted task declares for ``task_ids`` (``[1]`` per example)."""
 
 
-def add_task_ids(
-    dataset: tf.data.Dataset, *, task_name: str, index: TaskIndex | None = None
-) -> tf.data.Dataset:
-    """seqio preprocessor: adds ``task_ids`` (int32 ``[1]``) to every example.
+def add_task_ids(dataset: tf.data.Dataset, *, task_name: str) -> tf.data.Dataset:
+    """seqio preprocessor: adds ``task_ids = [task_key(task_name)]`` (int32 ``[1]``).
 
     Place it after tokenization (``seqio.preprocessors.tokenize`` would try to encode it).
+    The run's feature converter maps the key to the run's task id.
 
     Args:
       dataset: examples (dicts of tensors).
       task_name: the seqio task the examples belong to (bound with ``functools.partial``
         when the task is registered).
-      index: the mapping; defaults to :func:`active_task_index` at dataset-build time.
-
-    Returns:
-      The same examples with ``task_ids = [index.id(task_name)]``.
     """
-    index = active_task_index() if index is None else index
-    task_id = tf.constant([index.id(task_name)], dtype=tf.int32)
+    key = tf.constant([task_key(task_name)], dtype=tf.int32)
 
     def _add(example):
         if "task_ids" in example:
             raise TaskIndexError(f"Examples of task {task_name!r} already carry 'task_ids'.")
-        return {**example, "task_ids": task_id}
+        return {**example, "task_ids": key}
 
     return dataset.map(_add, num_parallel_calls=tf.data.AUTOTUNE)

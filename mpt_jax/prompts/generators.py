@@ -2,13 +2,14 @@
 
 The protocol (docs/ARCHITECTURE.md)::
 
-    prompt = generator(task_ids, embedded_inputs, input_mask=None)
+    out = generator(task_ids, embedded_inputs, input_mask=None)
     # task_ids:        int32 [batch]           one batch may mix tasks; may be traced
     # embedded_inputs: float [batch, S, embed] the backbone's embedded encoder tokens
-    #                  (only the attention composition reads it; the others accept None)
+    #                  (only input-reading compositions need it; the others accept None)
     # input_mask:      [batch, S] or None      1 = real token
-    # returns          [batch, prompt_length, embed], in embedded_inputs' dtype
-    #                  (or ``dtype`` when set)
+    # returns          the prompt [batch, prompt_length, embed], in embedded_inputs' dtype
+    #                  (or ``dtype`` when set), or a GeneratorOutput(prompt, input_delta)
+    #                  whose input_delta [batch, S, embed] is added to the embedded inputs
 
 ``prompt_length`` is a static property of every generator.
 
@@ -18,15 +19,15 @@ whenever the ids are concrete (eager calls, ``init``) and the runner checks the
 ids at the data boundary with the same helper.
 
 Parameter names are checkpoint names; they carry logical axis names for T5X's
-partitioner: ``prompt`` (prompt positions), ``embed``, ``tasks``, ``groups``,
-``rank``, ``pool`` (source prompts of the attention composition), ``hidden``
-(its projection width) and ``gate`` (the two inputs of a gate).
+partitioner, listed once in :data:`LOGICAL_AXES`: ``prompt`` (prompt positions),
+``embed``, ``tasks``, ``groups``, ``rank``, ``pool`` (source prompts of the attention
+composition), ``hidden`` (its projection width) and ``gate`` (the two inputs of a gate).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import gin
@@ -40,6 +41,29 @@ from mpt_jax.prompts import initializers as inits
 Array = jax.Array
 Initializer = inits.Initializer
 Dtype = Any
+
+#: Every logical axis name a prompt parameter may carry (the T5X layer's rules cover them).
+LOGICAL_AXES = ("prompt", "embed", "tasks", "groups", "rank", "pool", "hidden", "gate")
+
+
+class GeneratorOutput(NamedTuple):
+    """What a generator returns when it changes the inputs as well (e.g. DePT).
+
+    Attributes:
+      prompt: ``[batch, prompt_length, embed]``, prepended to the embedded inputs.
+      input_delta: ``[batch, S, embed]``, added to the embedded inputs.
+    """
+
+    prompt: Array
+    input_delta: Array
+
+
+def as_output(out: Array | GeneratorOutput) -> tuple[Array, Array | None]:
+    """``(prompt, input_delta or None)`` of a generator's return value."""
+    if isinstance(out, tuple):
+        prompt, delta = out
+        return prompt, delta
+    return out, None
 
 
 def check_task_ids(task_ids: Any, num_tasks: int) -> None:
@@ -106,17 +130,6 @@ def _out_dtype(dtype: Dtype | None, embedded_inputs: Array | None, params_dtype:
     return params_dtype if embedded_inputs is None else embedded_inputs.dtype
 
 
-def _param(module: nn.Module, name: str, init: Initializer, shape, axes, dtype) -> Array:
-    """A parameter with logical axis names ``axes`` (one per dimension of ``shape``)."""
-    return module.param(name, nn.with_logical_partitioning(init, axes), tuple(shape), dtype)
-
-
-def _check_positive(owner: str, **values: int | None) -> None:
-    for name, value in values.items():
-        if value is not None and (not isinstance(value, int | np.integer) or value < 1):
-            raise ValueError(f"{owner}: {name} must be a positive integer, got {value!r}")
-
-
 @gin.configurable(module="prompts")
 class SinglePrompt(nn.Module):
     """Vanilla prompt tuning (Lester et al. 2021): one prompt for every example.
@@ -146,7 +159,7 @@ class SinglePrompt(nn.Module):
     dtype: Dtype | None = None
 
     def __post_init__(self):
-        _check_positive("SinglePrompt", length=self.length, embed_dim=self.embed_dim)
+        comp.check_positive("SinglePrompt", length=self.length, embed_dim=self.embed_dim)
         super().__post_init__()
 
     @property
@@ -158,7 +171,7 @@ class SinglePrompt(nn.Module):
         """Returns ``[batch, length, embed]``: ``shared`` repeated over the batch."""
         del input_mask
         task_ids = _prepare(task_ids, embedded_inputs, self.embed_dim, None)
-        shared = _param(
+        shared = comp.param(
             self, "shared", self.shared_init, (self.length, self.embed_dim),
             ("prompt", "embed"), self.param_dtype,
         )  # fmt: skip
@@ -189,7 +202,7 @@ class TaskPrompts(nn.Module):
     dtype: Dtype | None = None
 
     def __post_init__(self):
-        _check_positive(
+        comp.check_positive(
             "TaskPrompts", num_tasks=self.num_tasks, length=self.length, embed_dim=self.embed_dim
         )
         super().__post_init__()
@@ -203,19 +216,176 @@ class TaskPrompts(nn.Module):
         """Returns ``[batch, length, embed]``: each example's own task prompt."""
         del input_mask
         task_ids = _prepare(task_ids, embedded_inputs, self.embed_dim, self.num_tasks)
-        table = _param(
+        table = comp.param(
             self, "task_prompts", self.task_init, (self.num_tasks, self.length, self.embed_dim),
             ("tasks", "prompt", "embed"), self.param_dtype,
         )  # fmt: skip
         return table[task_ids].astype(_out_dtype(self.dtype, embedded_inputs, self.param_dtype))
 
 
+# --- a shared prompt and a task part, combined by a composition ---------------------------
+
+
+def _part_table(site: comp.Site, ids: Array, length: int, embed: int, rank: int | None,
+                part_inits: comp.PartInits) -> Array:  # fmt: skip
+    """Each example's part ``[batch, length, embed]``, selected by ``ids`` from a table of
+    ``site.num`` parts.
+
+    ``rank=None`` makes a full table ``{level}_prompts`` ``[num, length, embed]``; an int
+    makes low-rank factors ``{level}_cols`` ``[num, length, rank]`` and ``{level}_rows``
+    ``[num, rank, embed]`` whose product is the part (axes ``{axis}, prompt, …``).
+    """
+    level, axis, num = site.level, site.axis, site.num
+    if rank is None:
+        table = site.param(
+            f"{level}_prompts", part_inits.full, (num, length, embed), (axis, "prompt", "embed")
+        )
+        return table[ids]
+    cols = site.param(
+        f"{level}_cols", part_inits.cols, (num, length, rank), (axis, "prompt", "rank")
+    )
+    rows = site.param(f"{level}_rows", part_inits.rows, (num, rank, embed), (axis, "rank", "embed"))
+    return comp.low_rank(cols[ids], rows[ids])
+
+
+def _cast(out: Array | GeneratorOutput, dtype: Dtype) -> Array | GeneratorOutput:
+    if isinstance(out, GeneratorOutput):
+        return GeneratorOutput(out.prompt.astype(dtype), out.input_delta.astype(dtype))
+    return out.astype(dtype)
+
+
+def _shared_and_task_prompt(
+    module: nn.Module,
+    task_ids: Any,
+    embedded_inputs: Array | None,
+    input_mask: Array | None,
+    composition: comp.Composition,
+    task_length: int,
+    task_rank: int | None,
+    part_inits: comp.PartInits,
+    task_part_first: bool,
+) -> Array | GeneratorOutput:
+    """The body of :class:`ComposedPrompt` and its presets: ``shared`` ``[L, D]`` (unless
+    the composition brings its own base), the task part, and ``composition`` on them.
+
+    ``module`` has ``num_tasks``, ``length``, ``embed_dim``, ``shared_init``,
+    ``param_dtype`` and ``dtype``. ``task_part_first`` fixes the order in which ``init``
+    draws the parameters (so seeds keep giving the values they gave before the generators
+    shared this body): ComposedPrompt draws the task part first, MultitaskPrompt ``shared``.
+    """
+    task_ids = _prepare(task_ids, embedded_inputs, module.embed_dim, module.num_tasks)
+    dim, dtype = module.embed_dim, module.param_dtype
+    site = comp.Site(module, "task", "tasks", module.num_tasks, "", module.shared_init, dtype)
+
+    def shared() -> Array | None:
+        if not composition.uses_base:
+            return None
+        return site.param("shared", module.shared_init, (module.length, dim), ("prompt", "embed"))
+
+    def task() -> Array:
+        return _part_table(site, task_ids, task_length, dim, task_rank, part_inits)
+
+    if task_part_first:
+        task_part, shared_part = task(), shared()
+    else:
+        shared_part, task_part = shared(), task()
+    out = composition(
+        site, shared_part, task_part, task_ids, comp.Inputs(embedded_inputs, input_mask)
+    )
+    return _cast(out, _out_dtype(module.dtype, embedded_inputs, dtype))
+
+
+@gin.configurable(module="prompts")
+class ComposedPrompt(nn.Module):
+    """A shared part ``S`` and a task part ``T_k`` combined by a composition object.
+
+    ``composition`` is a :class:`~mpt_jax.prompts.compositions.Composition` (a registered
+    name such as ``"add"`` is accepted too): ``Hadamard()`` (``S * T_k``; MPT when
+    ``task_rank`` is an int), ``Add()``, ``Concat()`` (length ``length + task_length``),
+    ``Weighted()``, ``Gated()``, ``Attention(pool_size=…)`` (ATTEMPT; input-adaptive, no
+    ``shared``), or one registered elsewhere (:mod:`mpt_jax.prompts.dept`). The composition
+    owns its parameters (``task_weights``, ``gate_kernel``, ``source_prompts``, …), the
+    prompt length and the task part's default initialisers (``Hadamard``: part ≈ 1,
+    ``Add``: part ≈ 0).
+
+    Task part: ``task_rank=None`` gives full prompts ``task_prompts`` ``[T, Lt, D]``; an
+    int ``r`` gives ``task_cols`` ``[T, Lt, r]`` and ``task_rows`` ``[T, r, D]``.
+
+    gin::
+
+        PromptedT5.prompt = @prompts.ComposedPrompt()
+        prompts.ComposedPrompt.composition = @compositions.Add()
+        prompts.ComposedPrompt.num_tasks = 6
+        prompts.ComposedPrompt.length = 100
+        prompts.ComposedPrompt.embed_dim = 768
+        prompts.ComposedPrompt.task_rank = 1
+
+    Attributes:
+      num_tasks: ``T``.
+      length: shared length ``Ls`` (for ``Attention``, the pool prompts' length).
+      embed_dim: ``D``.
+      composition: the composition object (or its registered name).
+      task_length: ``Lt``; ``None`` means ``length``. The composition says which lengths
+        it accepts (``Concat``: any).
+      task_rank: ``None`` (full task prompts) or the rank of ``U_k V_k``.
+      shared_init: initialiser of ``shared`` (and of ``Attention``'s pool).
+      task_init, task_cols_init, task_rows_init: override the composition's defaults.
+    """
+
+    num_tasks: int
+    length: int
+    embed_dim: int
+    composition: comp.Composition | str = comp.Hadamard()
+    task_length: int | None = None
+    task_rank: int | None = None
+    shared_init: Initializer = inits.uniform(0.5)
+    task_init: Initializer | None = None
+    task_cols_init: Initializer | None = None
+    task_rows_init: Initializer | None = None
+    param_dtype: Dtype = jnp.float32
+    dtype: Dtype | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "composition", comp.resolve(self.composition))
+        comp.check_positive(
+            "ComposedPrompt", num_tasks=self.num_tasks, length=self.length,
+            embed_dim=self.embed_dim, task_length=self.task_length, task_rank=self.task_rank,
+        )  # fmt: skip
+        self.composition.check_lengths(self.length, self._task_length)
+        super().__post_init__()
+
+    @property
+    def _task_length(self) -> int:
+        return self.length if self.task_length is None else self.task_length
+
+    @property
+    def prompt_length(self) -> int:
+        return self.composition.prompt_length(self.length, self._task_length)
+
+    @nn.compact
+    def __call__(self, task_ids, embedded_inputs=None, input_mask=None):
+        """Returns ``[batch, prompt_length, embed]`` (or a :class:`GeneratorOutput`)."""
+        full, cols, rows = self.composition.part_inits(self.task_rank)
+        part_inits = comp.PartInits(
+            self.task_init or full, self.task_cols_init or cols, self.task_rows_init or rows
+        )
+        return _shared_and_task_prompt(
+            self, task_ids, embedded_inputs, input_mask, self.composition, self._task_length,
+            self.task_rank, part_inits, task_part_first=True,
+        )  # fmt: skip
+
+
+#: MultitaskPrompt's composition.
+_MPT = comp.Hadamard()
+
+
 @gin.configurable(module="prompts")
 class MultitaskPrompt(nn.Module):
     """Multitask prompt tuning (MPT, Wang et al. 2023): ``P_k = P ∘ (U_k V_k)``.
 
-    Parameters (checkpoint names, as Hugging Face PEFT's ``prompt_embeddings``,
-    ``prefix_task_cols``, ``prefix_task_rows``):
+    MPT's preset of :class:`ComposedPrompt`: the ``Hadamard`` composition with a rank
+    ``num_ranks`` task part. Parameters (checkpoint names, as Hugging Face PEFT's
+    ``prompt_embeddings``, ``prefix_task_cols``, ``prefix_task_rows``):
 
     - ``shared`` ``[L, D]`` (``prompt, embed``): the shared prompt ``P``;
     - ``task_cols`` ``[T, L, r]`` (``tasks, prompt, rank``): ``U_k``;
@@ -250,7 +420,7 @@ class MultitaskPrompt(nn.Module):
     dtype: Dtype | None = None
 
     def __post_init__(self):
-        _check_positive(
+        comp.check_positive(
             "MultitaskPrompt", num_tasks=self.num_tasks, length=self.length,
             embed_dim=self.embed_dim, num_ranks=self.num_ranks,
         )  # fmt: skip
@@ -272,287 +442,16 @@ class MultitaskPrompt(nn.Module):
     @nn.compact
     def __call__(self, task_ids, embedded_inputs=None, input_mask=None) -> Array:
         """Returns ``[batch, length, embed]``: ``shared * (U_k @ V_k)`` for each example."""
-        del input_mask
-        task_ids = _prepare(task_ids, embedded_inputs, self.embed_dim, self.num_tasks)
-        t, length, dim, r = self.num_tasks, self.length, self.embed_dim, self.num_ranks
-        shared = _param(
-            self, "shared", self.shared_init, (length, dim), ("prompt", "embed"), self.param_dtype
+        part_inits = _MPT.part_inits(self.num_ranks)._replace(
+            cols=self.cols_init, rows=self.rows_init
         )
-        cols = _param(
-            self, "task_cols", self.cols_init, (t, length, r), ("tasks", "prompt", "rank"),
-            self.param_dtype,
+        return _shared_and_task_prompt(
+            self, task_ids, embedded_inputs, input_mask, _MPT, self.length,
+            self.num_ranks, part_inits, task_part_first=False,
         )  # fmt: skip
-        rows = _param(
-            self, "task_rows", self.rows_init, (t, r, dim), ("tasks", "rank", "embed"),
-            self.param_dtype,
-        )  # fmt: skip
-        task = comp.low_rank(cols[task_ids], rows[task_ids])
-        prompt = comp.hadamard(shared, task)
-        return prompt.astype(_out_dtype(self.dtype, embedded_inputs, self.param_dtype))
-
-
-# --- composed prompts -------------------------------------------------------------------
-
-
-def default_part_inits(composition: str, rank: int | None):
-    """Initialisers ``(full, cols, rows)`` of a task part that start ``composition`` well.
-
-    - ``hadamard``: the part starts ≈ 1 (full: ``1 + N(0, 0.01)``; low rank:
-      ``U V ≈ 1``), so the prompt starts at the shared prompt, as MPT.
-    - ``add``: the part starts at 0 (low rank: ``U ~ N(0, 1/r)``, ``V = 0``, so
-      ``V`` receives gradient at once), so the prompt starts at the shared prompt.
-    - otherwise (``concat``, ``weighted``, ``gated``, ``attention``): the part is a
-      prompt in its own right, ``uniform(0.5)`` (low rank: ``U ~ N(0, 1/r)``,
-      ``V ~ uniform(0.5)``, whose product has the variance of ``uniform(0.5)``).
-    """
-    scale = 1.0 / float(np.sqrt(rank or 1))
-    if composition == "hadamard":
-        return inits.constant(1.0, 1e-2), inits.ones_factor_cols(), inits.ones_factor_rows()
-    if composition == "add":
-        return inits.constant(0.0), inits.normal(scale), inits.constant(0.0)
-    return inits.uniform(0.5), inits.normal(scale), inits.uniform(0.5)
-
-
-def _task_part(
-    module: nn.Module,
-    prefix: str,
-    axis: str,
-    ids: Array,
-    shape: tuple[int, int, int],
-    rank: int | None,
-    part_inits: tuple[Initializer, Initializer, Initializer],
-    dtype: Dtype,
-) -> Array:
-    """Selects each example's part ``[batch, length, embed]`` from a table of ``num`` parts.
-
-    ``rank=None`` makes a full table ``{prefix}_prompts`` ``[num, length, embed]``;
-    an int makes low-rank factors ``{prefix}_cols`` ``[num, length, rank]`` and
-    ``{prefix}_rows`` ``[num, rank, embed]`` whose product is the part.
-    """
-    num, length, embed = shape
-    full_init, cols_init, rows_init = part_inits
-    if rank is None:
-        table = _param(
-            module, f"{prefix}_prompts", full_init, shape, (axis, "prompt", "embed"), dtype
-        )
-        return table[ids]
-    cols = _param(
-        module, f"{prefix}_cols", cols_init, (num, length, rank), (axis, "prompt", "rank"), dtype
-    )
-    rows = _param(
-        module, f"{prefix}_rows", rows_init, (num, rank, embed), (axis, "rank", "embed"), dtype
-    )
-    return comp.low_rank(cols[ids], rows[ids])
-
-
-def _combine(
-    module: nn.Module,
-    composition: str,
-    base: Array,
-    part: Array,
-    ids: Array,
-    num: int,
-    weights_name: str,
-    axis: str,
-    gate_prefix: str,
-    dtype: Dtype,
-) -> Array:
-    """Combines ``base`` ``[(batch,) Lb, D]`` with ``part`` ``[batch, Lp, D]``.
-
-    ``weighted`` creates ``{weights_name}`` ``[num]`` (axis ``axis``): mixing-weight
-    logits, ``w = sigmoid(logit)``, starting at 0 (``w = 0.5``). ``gated`` creates
-    ``{gate_prefix}_kernel`` ``[2, D]`` (axes ``gate, embed``) and
-    ``{gate_prefix}_bias`` ``[]``, shared by all tasks, starting at 0 (``g = 0.5``).
-    """
-    if composition == "hadamard":
-        return comp.hadamard(base, part)
-    if composition == "add":
-        return comp.add(base, part)
-    if composition == "concat":
-        return comp.concat(base, part)
-    if composition == "weighted":
-        logits = _param(module, weights_name, inits.constant(0.0), (num,), (axis,), dtype)
-        return comp.weighted(base, part, jax.nn.sigmoid(logits[ids]))
-    if composition == "gated":
-        dim = part.shape[-1]
-        kernel = _param(
-            module, f"{gate_prefix}_kernel", inits.constant(0.0), (2, dim), ("gate", "embed"),
-            dtype,
-        )  # fmt: skip
-        bias = _param(module, f"{gate_prefix}_bias", inits.constant(0.0), (), (), dtype)
-        return comp.gated(base, part, kernel, bias)
-    raise ValueError(f"composition {composition!r} cannot be used here")
-
-
-@gin.configurable(module="prompts")
-class ComposedPrompt(nn.Module):
-    """A shared part ``S`` and a task part ``T_k`` combined by a named composition.
-
-    ``composition`` is one of :data:`compositions.COMPOSITIONS`:
-
-    - ``hadamard``: ``S * T_k`` (MPT when ``task_rank`` is an int);
-    - ``add``: ``S + T_k``;
-    - ``concat``: ``[S ; T_k]``, length ``length + task_length``;
-    - ``weighted``: ``(1 - w_k) S + w_k T_k`` with ``w_k = sigmoid(task_weights[k])``;
-    - ``gated``: ``g S + (1 - g) T_k`` with a per-position gate
-      ``g = sigmoid(S·a + T_k·b + c)``; ``gate_kernel`` ``[2, D]``, ``gate_bias`` ``[]``
-      are shared by all tasks;
-    - ``attention`` (ATTEMPT, Asai et al. 2022): input-adaptive. The shared part is
-      a pool ``source_prompts`` ``[pool_size, L, D]`` (there is no ``shared``). The
-      query is the max-pool of the example's embedded input over valid positions,
-      projected by ``attn_down`` (D→``attention_hidden``), SiLU, ``attn_up``
-      (→D) and a layer norm ``attn_norm``; the keys are the max-pooled source
-      prompts and the task's own prompt; softmax with ``temperature`` (default
-      ``sqrt(D)``) over the pool plus ``T_k``; the mixture is added to ``T_k``.
-      (ATTEMPT keeps the source prompts frozen: leave ``source_prompts`` out of the
-      trainable set in the runner to do so.)
-
-    Task part: ``task_rank=None`` gives full prompts ``task_prompts`` ``[T, Lt, D]``;
-    an int ``r`` gives ``task_cols`` ``[T, Lt, r]`` and ``task_rows`` ``[T, r, D]``.
-    Default initialisers start each composition sensibly
-    (:func:`default_part_inits`: ``hadamard`` part ≈ 1, ``add`` part ≈ 0).
-
-    gin::
-
-        PromptedT5.prompt = @prompts.ComposedPrompt()
-        prompts.ComposedPrompt.composition = "add"
-        prompts.ComposedPrompt.num_tasks = 6
-        prompts.ComposedPrompt.length = 100
-        prompts.ComposedPrompt.embed_dim = 768
-        prompts.ComposedPrompt.task_rank = 1
-
-    Attributes:
-      num_tasks: ``T``.
-      length: shared length ``Ls`` (for ``attention``, the pool prompts' length).
-      embed_dim: ``D``.
-      composition: the composition's name.
-      task_length: ``Lt``; ``None`` means ``length``. Only ``concat`` allows it to
-        differ from ``length``.
-      task_rank: ``None`` (full task prompts) or the rank of ``U_k V_k``.
-      shared_init: initialiser of ``shared`` (and of ``source_prompts``).
-      task_init, task_cols_init, task_rows_init: override the defaults above.
-      pool_size: number of source prompts (``attention`` only).
-      attention_hidden: width of the query projection (``attention`` only).
-      temperature: softmax temperature (``attention`` only); ``None`` = ``sqrt(D)``.
-    """
-
-    num_tasks: int
-    length: int
-    embed_dim: int
-    composition: str = "hadamard"
-    task_length: int | None = None
-    task_rank: int | None = None
-    shared_init: Initializer = inits.uniform(0.5)
-    task_init: Initializer | None = None
-    task_cols_init: Initializer | None = None
-    task_rows_init: Initializer | None = None
-    pool_size: int = 0
-    attention_hidden: int = 64
-    temperature: float | None = None
-    param_dtype: Dtype = jnp.float32
-    dtype: Dtype | None = None
-
-    def __post_init__(self):
-        comp.check_composition(self.composition)
-        _check_positive(
-            "ComposedPrompt", num_tasks=self.num_tasks, length=self.length,
-            embed_dim=self.embed_dim, task_length=self.task_length, task_rank=self.task_rank,
-        )  # fmt: skip
-        comp.check_lengths(self.composition, self.length, self._task_length)
-        if self.composition == "attention":
-            _check_positive(
-                "ComposedPrompt(attention)", pool_size=self.pool_size,
-                attention_hidden=self.attention_hidden,
-            )  # fmt: skip
-            if self.temperature is not None and not self.temperature > 0:
-                raise ValueError(f"temperature must be positive, got {self.temperature}")
-        elif self.pool_size:
-            raise ValueError(
-                f"pool_size={self.pool_size} is only used by the 'attention' composition, "
-                f"not {self.composition!r}"
-            )
-        super().__post_init__()
-
-    @property
-    def _task_length(self) -> int:
-        return self.length if self.task_length is None else self.task_length
-
-    @property
-    def prompt_length(self) -> int:
-        if self.composition == "concat":
-            return self.length + self._task_length
-        return self.length
-
-    def _part_inits(self):
-        full, cols, rows = default_part_inits(self.composition, self.task_rank)
-        return (
-            self.task_init or full,
-            self.task_cols_init or cols,
-            self.task_rows_init or rows,
-        )
-
-    @nn.compact
-    def __call__(self, task_ids, embedded_inputs=None, input_mask=None) -> Array:
-        """Returns ``[batch, prompt_length, embed]``."""
-        task_ids = _prepare(task_ids, embedded_inputs, self.embed_dim, self.num_tasks)
-        dim, dtype = self.embed_dim, self.param_dtype
-        task = _task_part(
-            self, "task", "tasks", task_ids, (self.num_tasks, self._task_length, dim),
-            self.task_rank, self._part_inits(), dtype,
-        )  # fmt: skip
-        if self.composition == "attention":
-            prompt = self._attend(task, embedded_inputs, input_mask)
-        else:
-            shared = _param(
-                self, "shared", self.shared_init, (self.length, dim), ("prompt", "embed"), dtype
-            )
-            prompt = _combine(
-                self, self.composition, shared, task, task_ids, self.num_tasks,
-                "task_weights", "tasks", "gate", dtype,
-            )  # fmt: skip
-        return prompt.astype(_out_dtype(self.dtype, embedded_inputs, dtype))
-
-    def _attend(self, task: Array, embedded_inputs: Array | None, input_mask) -> Array:
-        """ATTEMPT's input-adaptive mixture; ``task`` ``[batch, L, D]``."""
-        check_embedded_inputs(embedded_inputs, self.embed_dim, task.shape[0], required=True)
-        dim, dtype = self.embed_dim, self.param_dtype
-        pool = _param(
-            self, "source_prompts", self.shared_init, (self.pool_size, self.length, dim),
-            ("pool", "prompt", "embed"), dtype,
-        )  # fmt: skip
-        x = comp.masked_max_pool(embedded_inputs.astype(dtype), input_mask)  # [B, D]
-        dense = nn.initializers.lecun_normal()
-        zeros = nn.initializers.zeros_init()
-        h = nn.Dense(
-            self.attention_hidden, name="attn_down", param_dtype=dtype,
-            kernel_init=nn.with_logical_partitioning(dense, ("embed", "hidden")),
-            bias_init=nn.with_logical_partitioning(zeros, ("hidden",)),
-        )(x)  # fmt: skip
-        h = nn.Dense(
-            dim, name="attn_up", param_dtype=dtype,
-            kernel_init=nn.with_logical_partitioning(dense, ("hidden", "embed")),
-            bias_init=nn.with_logical_partitioning(zeros, ("embed",)),
-        )(nn.silu(h))  # fmt: skip
-        query = nn.LayerNorm(
-            name="attn_norm", param_dtype=dtype,
-            scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",)),
-            bias_init=nn.with_logical_partitioning(zeros, ("embed",)),
-        )(h)  # fmt: skip
-        keys = jnp.concatenate(
-            [
-                jnp.broadcast_to(comp.masked_max_pool(pool), (task.shape[0], self.pool_size, dim)),
-                comp.masked_max_pool(task)[:, None],
-            ],
-            axis=1,
-        )  # [B, pool + 1, D]
-        temperature = self.temperature or float(np.sqrt(dim))
-        weights = comp.attention_weights(query, keys, temperature)
-        return comp.attention(pool, task, weights)
 
 
 # --- hierarchical prompts ---------------------------------------------------------------
-
-LEVEL_COMPOSITIONS = ("hadamard", "add", "concat", "weighted", "gated")
 
 
 @gin.configurable(module="prompts")
@@ -560,17 +459,17 @@ class HierarchicalPrompt(nn.Module):
     """Shared → group → task: ``P_k = (S ⊙_g G_{g(k)}) ⊙_t T_k``.
 
     A static map ``task_groups`` (task k → group ``task_groups[k]``) routes each
-    example; ``⊙_g`` / ``⊙_t`` are the compositions at the group and task levels
-    (any of ``hadamard``, ``add``, ``concat``, ``weighted``, ``gated``).
+    example; ``⊙_g`` / ``⊙_t`` are composition objects (the same as
+    :class:`ComposedPrompt`'s; any that combines with a base prompt, i.e. not
+    ``Attention``). Only the task level may change the inputs (``DePT``).
 
     Parameters: ``shared`` ``[L, D]``; the group parts ``group_cols``
     ``[G, Lg, rg]`` and ``group_rows`` ``[G, rg, D]`` (axes ``groups, …``), or
     ``group_prompts`` ``[G, Lg, D]`` when ``group_rank=None``; the task parts
     ``task_cols``/``task_rows`` or ``task_prompts`` likewise (axes ``tasks, …``);
-    ``group_weights`` [G] / ``task_weights`` [T] for ``weighted`` levels and
-    ``group_gate_kernel``/``group_gate_bias``, ``task_gate_kernel``/``task_gate_bias``
-    for ``gated`` levels. Defaults give MPT with a group level (both levels
-    ``hadamard``, rank 1, starting at ``S``).
+    each level's composition parameters with the level's prefix (``group_weights`` [G],
+    ``task_gate_kernel``, …). Defaults give MPT with a group level (both levels
+    ``Hadamard``, rank 1, starting at ``S``).
 
     gin::
 
@@ -578,8 +477,8 @@ class HierarchicalPrompt(nn.Module):
         prompts.HierarchicalPrompt.task_groups = (0, 0, 1, 1, 1)   # 5 tasks, 2 groups
         prompts.HierarchicalPrompt.length = 100
         prompts.HierarchicalPrompt.embed_dim = 768
-        prompts.HierarchicalPrompt.group_composition = "hadamard"
-        prompts.HierarchicalPrompt.task_composition = "add"
+        prompts.HierarchicalPrompt.group_composition = @compositions.Hadamard()
+        prompts.HierarchicalPrompt.task_composition = @compositions.Add()
 
     Attributes:
       task_groups: group id of each task; ``num_tasks = len(task_groups)``.
@@ -587,18 +486,19 @@ class HierarchicalPrompt(nn.Module):
       embed_dim: ``D``.
       num_groups: ``G``; ``None`` means ``max(task_groups) + 1``. Every group must
         hold a task (an empty group would be parameters that never train).
-      group_composition, task_composition: the composition at each level.
+      group_composition, task_composition: the composition at each level (objects, or
+        registered names).
       group_rank, task_rank: rank of each level's part (``None`` = full).
       group_length, task_length: part lengths (``None`` = the length of what they
-        are combined with; only ``concat`` allows another length).
+        are combined with; the composition says which lengths it accepts).
     """
 
     task_groups: Sequence[int]
     length: int
     embed_dim: int
     num_groups: int | None = None
-    group_composition: str = "hadamard"
-    task_composition: str = "hadamard"
+    group_composition: comp.Composition | str = comp.Hadamard()
+    task_composition: comp.Composition | str = comp.Hadamard()
     group_rank: int | None = 1
     task_rank: int | None = 1
     group_length: int | None = None
@@ -609,7 +509,15 @@ class HierarchicalPrompt(nn.Module):
 
     def __post_init__(self):
         object.__setattr__(self, "task_groups", tuple(int(g) for g in self.task_groups))
-        _check_positive(
+        for level in ("group", "task"):
+            composition = comp.resolve(getattr(self, f"{level}_composition"))
+            if not composition.uses_base:
+                raise ValueError(
+                    f"{level}_composition {composition.name!r} cannot be a level: it brings "
+                    "its own base prompt instead of combining with the one above it"
+                )
+            object.__setattr__(self, f"{level}_composition", composition)
+        comp.check_positive(
             "HierarchicalPrompt", length=self.length, embed_dim=self.embed_dim,
             num_groups=self.num_groups, group_rank=self.group_rank, task_rank=self.task_rank,
             group_length=self.group_length, task_length=self.task_length,
@@ -625,11 +533,8 @@ class HierarchicalPrompt(nn.Module):
         unused = sorted(set(range(num_groups)) - set(self.task_groups))
         if unused:
             raise ValueError(f"groups {unused} hold no task (num_groups={num_groups})")
-        for level, name in (("group", self.group_composition), ("task", self.task_composition)):
-            if name not in LEVEL_COMPOSITIONS:
-                raise ValueError(f"{level}_composition {name!r} is not one of {LEVEL_COMPOSITIONS}")
-        comp.check_lengths(self.group_composition, self.length, self._group_length)
-        comp.check_lengths(self.task_composition, self._mid_length, self._task_length)
+        self.group_composition.check_lengths(self.length, self._group_length)
+        self.task_composition.check_lengths(self._mid_length, self._task_length)
         super().__post_init__()
 
     @property
@@ -647,9 +552,7 @@ class HierarchicalPrompt(nn.Module):
     @property
     def _mid_length(self) -> int:
         """Length after the group level."""
-        if self.group_composition == "concat":
-            return self.length + self._group_length
-        return self.length
+        return self.group_composition.prompt_length(self.length, self._group_length)
 
     @property
     def _task_length(self) -> int:
@@ -657,34 +560,31 @@ class HierarchicalPrompt(nn.Module):
 
     @property
     def prompt_length(self) -> int:
-        if self.task_composition == "concat":
-            return self._mid_length + self._task_length
-        return self._mid_length
+        return self.task_composition.prompt_length(self._mid_length, self._task_length)
 
     @nn.compact
-    def __call__(self, task_ids, embedded_inputs=None, input_mask=None) -> Array:
-        """Returns ``[batch, prompt_length, embed]``."""
-        del input_mask
+    def __call__(self, task_ids, embedded_inputs=None, input_mask=None):
+        """Returns ``[batch, prompt_length, embed]`` (or a :class:`GeneratorOutput`)."""
         task_ids = _prepare(task_ids, embedded_inputs, self.embed_dim, self.num_tasks)
         dim, dtype, g = self.embed_dim, self.param_dtype, self._num_groups
+        inputs = comp.Inputs(embedded_inputs, input_mask)
         group_ids = jnp.asarray(self.task_groups, jnp.int32)[task_ids]
-        shared = _param(
-            self, "shared", self.shared_init, (self.length, dim), ("prompt", "embed"), dtype
-        )
-        group = _task_part(
-            self, "group", "groups", group_ids, (g, self._group_length, dim), self.group_rank,
-            default_part_inits(self.group_composition, self.group_rank), dtype,
+        groups = comp.Site(self, "group", "groups", g, "group_", self.shared_init, dtype)
+        tasks = comp.Site(self, "task", "tasks", self.num_tasks, "task_", self.shared_init, dtype)
+        shared = groups.param("shared", self.shared_init, (self.length, dim), ("prompt", "embed"))
+        group = _part_table(
+            groups, group_ids, self._group_length, dim, self.group_rank,
+            self.group_composition.part_inits(self.group_rank),
         )  # fmt: skip
-        mid = _combine(
-            self, self.group_composition, shared, group, group_ids, g, "group_weights",
-            "groups", "group_gate", dtype,
+        mid = self.group_composition(groups, shared, group, group_ids, inputs)
+        if isinstance(mid, GeneratorOutput):
+            raise ValueError(
+                f"group_composition {self.group_composition.name!r} changes the inputs; only "
+                "the task level may"
+            )
+        task = _part_table(
+            tasks, task_ids, self._task_length, dim, self.task_rank,
+            self.task_composition.part_inits(self.task_rank),
         )  # fmt: skip
-        task = _task_part(
-            self, "task", "tasks", task_ids, (self.num_tasks, self._task_length, dim),
-            self.task_rank, default_part_inits(self.task_composition, self.task_rank), dtype,
-        )  # fmt: skip
-        prompt = _combine(
-            self, self.task_composition, mid, task, task_ids, self.num_tasks, "task_weights",
-            "tasks", "task_gate", dtype,
-        )  # fmt: skip
-        return prompt.astype(_out_dtype(self.dtype, embedded_inputs, dtype))
+        out = self.task_composition(tasks, mid, task, task_ids, inputs)
+        return _cast(out, _out_dtype(self.dtype, embedded_inputs, dtype))

@@ -3,8 +3,8 @@
 ``train_batches(name, lengths, batch_size, index)`` returns ``batches(start)`` as the
 training loop wants it: batch ``i`` of the run is the same whether the run starts at 0 or
 resumes at ``start`` (a seqio shuffle with a fixed seed, repeated forever, batched with
-``drop_remainder``, then ``skip(start)``). The task-id mapping ``index`` is active while the
-dataset is built, so every example's ``task_ids`` comes from it.
+``drop_remainder``, then ``skip(start)``). The feature converter is given the task-id
+mapping ``index``, so every example's ``task_ids`` comes from it.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 
-from mpt_jax.data.task_ids import TaskIndex, use_task_index
+from mpt_jax.data.task_ids import TaskIndex
 
 Batches = Callable[[int], Iterator[dict[str, np.ndarray]]]
 
@@ -34,19 +34,18 @@ def converted_dataset(
     import mpt_jax.tasks  # noqa: F401  (registers the project's seqio tasks)
     from mpt_jax.data.feature_converter import PromptEncDecFeatureConverter
 
-    with use_task_index(index):
-        return seqio.get_dataset(
-            mixture_or_task_name,
-            task_feature_lengths=dict(task_feature_lengths),
-            feature_converter=PromptEncDecFeatureConverter(),
-            dataset_split=split,
-            shuffle=shuffle,
-            num_epochs=num_epochs,
-            seed=seed if shuffle else None,
-            # seqio would cut over-long features silently; the converter's length policy
-            # (error, or truncate with a logged count) decides instead.
-            trim_output_features=False,
-        )
+    return seqio.get_dataset(
+        mixture_or_task_name,
+        task_feature_lengths=dict(task_feature_lengths),
+        feature_converter=PromptEncDecFeatureConverter(task_index=index),
+        dataset_split=split,
+        shuffle=shuffle,
+        num_epochs=num_epochs,
+        seed=seed if shuffle else None,
+        # seqio would cut over-long features silently; the converter's length policy
+        # (error, or truncate with a logged count) decides instead.
+        trim_output_features=False,
+    )
 
 
 def train_batches(

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 
 from mpt_jax import decoding
-from mpt_jax.data.task_ids import TaskIndex, use_task_index
+from mpt_jax.data.task_ids import TaskIndex
 from mpt_jax.model import PromptedT5
 from mpt_jax.training.state import merge_params
 
@@ -85,16 +85,15 @@ def make_evaluate(
 
     if batch_size < 1 or beam_size < 1:
         raise ValueError(f"batch_size and beam_size must be >= 1, got {batch_size}, {beam_size}")
-    with use_task_index(index):
-        evaluator = seqio.Evaluator(
-            mixture_or_task_name,
-            feature_converter=PromptEncDecFeatureConverter(),
-            eval_split=split,
-            sequence_length=dict(task_feature_lengths),
-            num_examples=num_examples,
-            use_memory_cache=True,
-            async_compute_metrics=False,
-        )
+    evaluator = seqio.Evaluator(
+        mixture_or_task_name,
+        feature_converter=PromptEncDecFeatureConverter(task_index=index),
+        eval_split=split,
+        sequence_length=dict(task_feature_lengths),
+        num_examples=num_examples,
+        use_memory_cache=True,
+        async_compute_metrics=False,
+    )
     max_decode_length = int(task_feature_lengths["targets"])
 
     def evaluate(prompt_params: PyTree, step: int) -> dict[str, float]:
@@ -126,10 +125,9 @@ def make_evaluate(
                 out.extend((int(i), float(scores[j])) for j, i in enumerate(indices[:n]))
             return out
 
-        with use_task_index(index):
-            future, _ = evaluator.evaluate(
-                compute_metrics=True, step=step, predict_fn=predict_fn, score_fn=score_fn
-            )
+        future, _ = evaluator.evaluate(
+            compute_metrics=True, step=step, predict_fn=predict_fn, score_fn=score_fn
+        )
         return flatten_metrics(future.result())
 
     return evaluate

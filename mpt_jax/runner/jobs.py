@@ -27,7 +27,7 @@ from typing import Any
 import gin
 import numpy as np
 
-from mpt_jax.data.task_ids import TaskIndex, use_task_index
+from mpt_jax.data.task_ids import TaskIndex
 from mpt_jax.runner import data as data_lib
 from mpt_jax.runner.backbone_loading import load_backbone
 from mpt_jax.runner.evaluation import make_evaluate
@@ -195,17 +195,16 @@ def infer(
     params = merge_params(prompt, backbone)
     provider = seqio.get_mixture_or_task(mixture_or_task_name)
     tasks = provider.tasks if isinstance(provider, seqio.Mixture) else [provider]
-    converter = PromptEncDecFeatureConverter(passthrough_features={})
+    converter = PromptEncDecFeatureConverter(passthrough_features={}, task_index=index)
     records: list[dict[str, Any]] = []
     for task in tasks:
         vocab_in = task.output_features["inputs"].vocabulary
         vocab_out = task.output_features["targets"].vocabulary
-        with use_task_index(index):
-            ds = task.get_dataset(task_feature_lengths, split=split, shuffle=False,
-                                  num_epochs=1)  # fmt: skip
-            if num_examples is not None:
-                ds = ds.take(num_examples)
-            model_ds = converter(ds, task_feature_lengths).enumerate()
+        ds = task.get_dataset(task_feature_lengths, split=split, shuffle=False,
+                              num_epochs=1)  # fmt: skip
+        if num_examples is not None:
+            ds = ds.take(num_examples)
+        model_ds = converter(ds, task_feature_lengths).enumerate()
         for _, batch, n in padded_batches(model_ds, batch_size):
             tokens, _ = decoding.greedy_decode(
                 model, params, batch["encoder_input_tokens"], batch["task_ids"],

@@ -38,16 +38,10 @@ import jax.numpy as jnp  # noqa: E402
 from flaxformer.architectures.t5 import t5_architecture  # noqa: E402
 
 from mpt_jax.backbone.config import get_config  # noqa: E402
+from mpt_jax.model import refuse_packing as _refuse_packing  # noqa: E402
+from mpt_jax.prompts.generators import as_output  # noqa: E402
 
 Array = jax.Array
-
-
-def _refuse_packing(*segment_ids: Array | None) -> None:
-    if any(s is not None for s in segment_ids):
-        raise ValueError(
-            "Packed inputs (segment ids) are not supported with a prompt: a packed row holds "
-            "several examples but gets one prompt. Set pack=False in the DatasetConfig."
-        )
 
 
 @gin.configurable(module="mpt_jax.t5x_ext.flaxformer_encoder")
@@ -90,7 +84,9 @@ class PromptedEncoder(t5_architecture.Encoder):
         embedded = super().embed_and_combine_inputs(
             tokens, inputs_positions, segment_ids=segment_ids, enable_dropout=enable_dropout
         )
-        prompt = self.prompt(slots[:, 0] - 1, embedded, tokens > 0)
+        prompt, input_delta = as_output(self.prompt(slots[:, 0] - 1, embedded, tokens > 0))
+        if input_delta is not None:  # a generator that changes the inputs too (DePT)
+            embedded = embedded + input_delta.astype(embedded.dtype)
         return jnp.concatenate([prompt.astype(embedded.dtype), embedded], axis=1)
 
 

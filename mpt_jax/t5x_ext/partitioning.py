@@ -24,8 +24,10 @@ from collections.abc import Sequence
 
 import gin
 
+from mpt_jax.prompts import LOGICAL_AXES
+
 #: Axis names of prompt parameters that T5X's standard rules do not know.
-PROMPT_AXES: tuple[str, ...] = ("prompt", "tasks", "groups", "rank", "pool", "hidden", "gate")
+PROMPT_AXES: tuple[str, ...] = tuple(a for a in LOGICAL_AXES if a != "embed")
 
 LogicalAxisRules = Sequence[tuple[str, str | None]]
 

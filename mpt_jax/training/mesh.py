@@ -3,7 +3,7 @@
 One mesh axis, ``"data"``, spans ``jax.devices()``. The batch is sharded along its
 first dimension on that axis; the prompt tree, its optimizer state and the frozen
 backbone are replicated. With one device (a laptop CPU) everything is a no-op in effect.
-Model parallelism over the backbone is T5X's job (see ``mpt_jax.partitioning``).
+Model parallelism over the backbone is T5X's job (see ``mpt_jax.t5x_ext.partitioning``).
 """
 
 from __future__ import annotations
