@@ -364,12 +364,14 @@ def check_tasks(job: str) -> None:
         return
     names = {n: _query(n) for n in _MIXTURE_BINDINGS.get(job, ())}
     preflight.check_mixture_names(names)
+    every_task = {}
     for binding, value in names.items():
         if not isinstance(value, str):
             continue
         provider = seqio.get_mixture_or_task(value)
         tasks = provider.tasks if isinstance(provider, seqio.Mixture) else [provider]
         for task in tasks:
+            every_task[task.name] = task
             declared = "task_ids" in task.output_features
             added = any("add_task_ids" in repr(p) for p in task.preprocessors)
             if not (declared and added):
@@ -383,6 +385,12 @@ def check_tasks(job: str) -> None:
                        "TASK_IDS_FEATURE in its output_features")
                     + " (or define it with file_tasks.tasks, which does both)"
                 )  # fmt: skip
+    if every_task:
+        from mpt_jax.runner import backbone_loading as bl
+
+        checkpoint = _query("load_backbone.checkpoint")
+        config = bl.backbone_config(None, checkpoint, _query("load_backbone.config_name"))
+        bl.check_task_vocabularies(every_task.values(), checkpoint, config)
 
 
 _NOISE = re.compile(
@@ -419,12 +427,21 @@ def quiet_startup(verbose: bool = False) -> Iterator[None]:
             sys.stderr.flush()
 
 
-class _DropGinPathNotFound(logging.Filter):
-    """gin logs ``ERROR Path not found: runner/base.gin`` when an ``include`` is first
-    tried relative to the working folder, before its search paths find it."""
+class _DropKnownNoise(logging.Filter):
+    """Drops log lines that say nothing about the user's run: gin's ``ERROR Path not found:
+    runner/base.gin`` (an ``include`` is first tried relative to the working folder, then
+    found on the search path) and seqio's advice on caching, sequence lengths and metric
+    loggers that does not apply to prompt tuning's small in-memory tasks."""
+
+    PREFIXES = (
+        "Path not found",
+        "Using an uncached FunctionDataset",
+        "Given sequence lengths are longer than necessary",
+        "'logger_cls' is empty",
+    )
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Path not found")
+        return not str(record.msg).startswith(self.PREFIXES)
 
 
 def _plot(args: argparse.Namespace) -> int:
@@ -463,8 +480,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Our progress at INFO; the libraries' (orbax, absl, seqio) only from WARNING up.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("mpt_jax").setLevel(logging.INFO)
-    if not any(isinstance(f, _DropGinPathNotFound) for f in logging.getLogger().filters):
-        logging.getLogger().addFilter(_DropGinPathNotFound())
+    for logger in (logging.getLogger(), logging.getLogger("absl")):
+        if not any(isinstance(f, _DropKnownNoise) for f in logger.filters):
+            logger.addFilter(_DropKnownNoise())
     log = logging.getLogger("mpt_jax")
     try:
         args, bindings = parse_args(argv)
