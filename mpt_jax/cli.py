@@ -347,10 +347,18 @@ _MIXTURE_BINDINGS = {
 
 
 def _query(name: str):
+    """The value bound to ``name`` with macros followed (``%MIXTURE`` → its value); None
+    when unbound."""
     try:
-        return gin.query_parameter(name)
+        value = gin.query_parameter(name)
     except ValueError:
         return None
+    for _ in range(20):
+        selector = getattr(value, "scoped_selector", "")
+        if not selector.endswith("gin.macro"):
+            break
+        value = gin.query_parameter(f"{selector.removesuffix('/gin.macro')}/macro.value")
+    return value
 
 
 def check_tasks(job: str) -> None:
@@ -498,7 +506,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     paths = search_paths(args.gin_search_paths)
     try:  # the first pass: no JAX, no TensorFlow, no data (well under a second)
-        preflight.check(preflight.parse(args.gin_file, bindings, paths), args.job)
+        parsed = preflight.parse(args.gin_file, bindings, paths)
+        if args.job == "infer" and parsed.value("infer.input_file"):
+            mixture = parsed.macro("MIXTURE")
+            if mixture is not None and mixture.value == preflight.REQUIRED:
+                bindings = [*bindings, "MIXTURE = None"]  # the file names the tasks
+                parsed = preflight.parse(args.gin_file, bindings, paths)
+        preflight.check(parsed, args.job)
     except preflight.PreflightError as e:
         print(f"mpt-jax {args.job}: the configuration cannot run:", file=sys.stderr)
         for line in str(e).splitlines():

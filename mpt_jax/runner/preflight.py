@@ -507,6 +507,8 @@ def check_mixture_names(names: Mapping[str, str | None]) -> None:
     nearest registered names. ``names`` maps the binding to its value."""
     import seqio
 
+    import mpt_jax.tasks  # noqa: F401  (registers the project's tasks)
+
     known = [*seqio.TaskRegistry.names(), *seqio.MixtureRegistry.names()]
     errors = []
     for binding, value in names.items():
