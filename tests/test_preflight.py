@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import gin
 import pytest
 
 from mpt_jax import cli
@@ -161,6 +162,7 @@ def test_vocabulary_disagreeing_with_the_model_is_an_error_naming_both():
     from mpt_jax.backbone import get_config
     from mpt_jax.runner.backbone_loading import check_vocabulary
 
+    gin.clear_config()  # tiny.gin's get_config.overrides from an earlier test
     with pytest.raises(ValueError) as err:
         check_vocabulary(seqio.ByteVocabulary(), get_config("t5_1_1_base"),
                          where="task 'my_sentiment' (inputs)", backbone="hf:t5")  # fmt: skip
