@@ -507,12 +507,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     paths = search_paths(args.gin_search_paths)
     try:  # the first pass: no JAX, no TensorFlow, no data (well under a second)
         parsed = preflight.parse(args.gin_file, bindings, paths)
-        if args.job == "infer" and parsed.value("infer.input_file"):
-            mixture = parsed.macro("MIXTURE")
-            if mixture is not None and mixture.value == preflight.REQUIRED:
-                bindings = [*bindings, "MIXTURE = None"]  # the file names the tasks
-                parsed = preflight.parse(args.gin_file, bindings, paths)
+        input_file = parsed.value("infer.input_file") if args.job == "infer" else None
+        mixture = parsed.macro("MIXTURE")
+        needs_mixture = args.job in ("train", "eval") or (args.job == "infer" and not input_file)
+        if mixture is not None and mixture.value == preflight.REQUIRED and not needs_mixture:
+            # gin still wants a value for the jobs' MIXTURE parameter, which this job ignores
+            bindings = [*bindings, f"MIXTURE = {str(input_file or 'unused')!r}"]
+            parsed = preflight.parse(args.gin_file, bindings, paths)
         preflight.check(parsed, args.job)
+    except SyntaxError as e:  # gin's parser: a value that is not gin syntax
+        hint = " (strings need quotes: --gin.MODEL_DIR=\"'runs/x'\")" if "parse" in str(e) else ""
+        print(f"mpt-jax {args.job}: gin syntax error: {e}{hint}", file=sys.stderr)
+        return 2
     except preflight.PreflightError as e:
         print(f"mpt-jax {args.job}: the configuration cannot run:", file=sys.stderr)
         for line in str(e).splitlines():

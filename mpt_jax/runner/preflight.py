@@ -414,8 +414,20 @@ _MACRO_EXAMPLES = {
 }
 
 
-def required_macros(config: ParsedConfig) -> list[str]:
-    """Messages for every macro still ``%gin.REQUIRED`` that a binding of the run reads."""
+#: The job function each command calls; a binding of another command's function is not
+#: read by this one (export-prompts needs no MIXTURE).
+JOB_SELECTORS = {"train": "train", "eval": "evaluate", "infer": "infer",
+                 "export-prompts": "export_prompts"}  # fmt: skip
+
+
+def _read_by(job: str | None, binding: Binding) -> bool:
+    others = {s for j, s in JOB_SELECTORS.items() if j != job} if job in JOB_SELECTORS else ()
+    return binding.selector.rpartition(".")[2] not in others
+
+
+def required_macros(config: ParsedConfig, job: str | None = None) -> list[str]:
+    """Messages for every macro still ``%gin.REQUIRED`` that a binding the ``job`` reads
+    uses (the other commands' job functions excepted)."""
     used: set[str] = set()
 
     def collect(value: Any) -> None:
@@ -434,7 +446,7 @@ def required_macros(config: ParsedConfig) -> list[str]:
 
     used_chain: set[str] = set()
     for b in config.bindings.values():
-        if b.arg:
+        if b.arg and _read_by(job, b):
             collect(b.value)
     messages = []
     for name in sorted(used):
@@ -457,9 +469,9 @@ def check(config: ParsedConfig, job: str, extra: Iterable[str] = ()) -> None:
       extra: messages found by the caller, reported together with these.
     """
     errors = list(extra)
-    errors += required_macros(config)
+    errors += required_macros(config, job)
     for binding in config.bindings.values():
-        if not binding.arg:
+        if not binding.arg or not _read_by(job, binding):
             continue
         value = config.resolve(binding.value)
         if value == REQUIRED:
