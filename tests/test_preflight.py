@@ -143,6 +143,10 @@ def test_empty_jsonl_names_the_file(tmp_path):
     empty.write_text("\n")
     with pytest.raises(ValueError, match=f"{empty}: the file holds no record"):
         files.register_file_task(files.FileTask("pf_empty", train=(str(empty),)))
+    from mpt_jax.tasks import data_sources  # task_data_files.files of the shipped tasks
+
+    with pytest.raises(ValueError, match=f"{empty}: the file holds no record"):
+        list(data_sources.records_from_jsonl([str(empty)], data_sources.identity_parser, {}))
 
 
 def test_overlong_input_names_task_and_length_policy():
