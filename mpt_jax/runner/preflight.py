@@ -178,14 +178,6 @@ def parse(
 # -- annotations of the configurables, read from source --------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class Parameter:
-    """A configurable's parameter: its annotation (an ``ast`` node, or None)."""
-
-    module: str
-    annotation: ast.expr | None
-
-
 def _is_configurable(decorator: ast.expr) -> bool:
     target = decorator.func if isinstance(decorator, ast.Call) else decorator
     return isinstance(target, ast.Attribute) and target.attr == "configurable"
@@ -228,11 +220,29 @@ def _package_dirs() -> dict[str, str]:
     return dirs
 
 
+@dataclasses.dataclass(frozen=True)
+class Configurable:
+    """What the source says about one ``@gin.configurable``."""
+
+    module: str
+    params: dict[str, ast.expr | None]
+    closed: bool  # a function without ``**kwargs``: its parameter list is complete
+    denylist: frozenset[str]
+
+
+def _denylist(decorator: ast.expr) -> frozenset[str]:
+    if isinstance(decorator, ast.Call):
+        for keyword in decorator.keywords:
+            if keyword.arg == "denylist" and isinstance(keyword.value, ast.List | ast.Tuple):
+                return frozenset(e.value for e in keyword.value.elts if isinstance(e, ast.Constant))
+    return frozenset()
+
+
 @functools.cache
-def configurable_parameters() -> dict[str, list[tuple[str, dict[str, ast.expr | None]]]]:
-    """``{configurable name: [(module, {param: annotation})]}`` for every
-    ``@gin.configurable`` in the package's source (several modules may share a name)."""
-    found: dict[str, list[tuple[str, dict[str, ast.expr | None]]]] = {}
+def configurable_parameters() -> dict[str, list[Configurable]]:
+    """``{configurable name: [Configurable]}`` for every ``@gin.configurable`` in the
+    package's source (several modules may share a name)."""
+    found: dict[str, list[Configurable]] = {}
     seen_files: set[str] = set()
     for package, directory in _package_dirs().items():
         for path in sorted(glob.glob(os.path.join(directory, "**", "*.py"), recursive=True)):
@@ -253,23 +263,52 @@ def configurable_parameters() -> dict[str, list[tuple[str, dict[str, ast.expr | 
                 for decorator in node.decorator_list:
                     if _is_configurable(decorator):
                         name = _configurable_name(decorator, node.name)
-                        found.setdefault(name, []).append((module, _parameters_of(node)))
+                        closed = isinstance(node, ast.FunctionDef) and node.args.kwarg is None
+                        found.setdefault(name, []).append(
+                            Configurable(
+                                module, _parameters_of(node), closed, _denylist(decorator)
+                            )  # fmt: skip
+                        )
     return found
+
+
+def _candidates(selector: str) -> list[Configurable]:
+    prefix, _, short = selector.rpartition(".")
+    candidates = configurable_parameters().get(short, [])
+    if prefix:
+        narrowed = [c for c in candidates if c.module.endswith(prefix) or prefix.endswith(c.module)]
+        candidates = narrowed or candidates
+    return candidates
 
 
 def _annotation_of(selector: str, arg: str) -> tuple[bool, ast.expr | None]:
     """``(known, annotation)`` for ``selector.arg``; unknown when no single definition."""
-    prefix, _, short = selector.rpartition(".")
-    candidates = configurable_parameters().get(short, [])
-    if prefix:
-        narrowed = [c for c in candidates if c[0].endswith(prefix) or prefix.endswith(c[0])]
-        candidates = narrowed or candidates
-    annotations = {ast.dump(c[1][arg]) if c[1].get(arg) is not None else None
-                   for c in candidates if arg in c[1]}  # fmt: skip
+    candidates = [c for c in _candidates(selector) if arg in c.params]
+    annotations = {ast.dump(c.params[arg]) if c.params[arg] is not None else None
+                   for c in candidates}  # fmt: skip
     if len(annotations) != 1 or None in annotations:
         return False, None
-    module, params = next(c for c in candidates if arg in c[1])
-    return True, params[arg]
+    return True, candidates[0].params[arg]
+
+
+def parameter_error(binding: Binding) -> str | None:
+    """A message when ``binding`` names a parameter its configurable does not have, or one
+    the job passes itself (the configurable's ``denylist``); None when fine or unknown."""
+    candidates = _candidates(binding.selector)
+    if len(candidates) != 1:
+        return None
+    (c,) = candidates
+    if binding.arg in c.denylist:
+        return (
+            f"{binding.name} (set at {binding.where}): {binding.arg!r} is passed by the job "
+            f"itself and cannot be bound in gin ({binding.selector}'s denylist)"
+        )
+    if c.closed and binding.arg not in c.params:
+        return (
+            f"{binding.name} (set at {binding.where}): {binding.selector} has no parameter "
+            f"{binding.arg!r}{suggest(binding.arg, c.params)}"
+        )
+    return None
 
 
 # -- type checks -----------------------------------------------------------------------------
@@ -476,6 +515,10 @@ def check(config: ParsedConfig, job: str, extra: Iterable[str] = ()) -> None:
         value = config.resolve(binding.value)
         if value == REQUIRED:
             continue  # reported as a required macro, or gin's own message
+        message = parameter_error(binding)
+        if message:
+            errors.append(message)
+            continue
         known, annotation = _annotation_of(binding.selector, binding.arg)
         if known and annotation is not None:
             message = type_error(binding, value, annotation)
