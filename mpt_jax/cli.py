@@ -115,10 +115,10 @@ COMMANDS: dict[str, Command] = {
         ("mpt_jax.runner.jobs", "export_prompts"),
         "Write a run's prompt as .npy files or a Hugging Face PEFT adapter.",
         "the stage file the run was trained with",
-        "MODEL_DIR; export_prompts.output_dir",
+        "MODEL_DIR, export_prompts.output_dir",
         "the prompt files and task_index.json in export_prompts.output_dir",
         "mpt-jax export-prompts --gin_file=runner/target.gin \\\n"
-        "    --gin.MODEL_DIR=\"'runs/target'\" --gin.SOURCE_DIR=\"'runs/source'\" \\\n"
+        "    --gin.MODEL_DIR=\"'runs/target'\" \\\n"
         "    --gin.export_prompts.output_dir=\"'adapter'\" --gin.export_prompts.format=\"'peft'\"",
     ),
     "demo": Command(

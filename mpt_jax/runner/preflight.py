@@ -460,6 +460,8 @@ JOB_SELECTORS = {"train": "train", "eval": "evaluate", "infer": "infer",
 
 
 def _read_by(job: str | None, binding: Binding) -> bool:
+    if job == "export-prompts":  # reads the checkpoint only: no stage, data or backbone
+        return binding.selector.rpartition(".")[2] == "export_prompts"
     others = {s for j, s in JOB_SELECTORS.items() if j != job} if job in JOB_SELECTORS else ()
     return binding.selector.rpartition(".")[2] not in others
 
