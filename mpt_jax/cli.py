@@ -203,10 +203,13 @@ def overview() -> str:
     lines = [
         "usage: mpt-jax COMMAND [--gin_file=FILE ...] [--gin.NAME=VALUE ...]",
         "",
-        __doc__.split("\n\n")[0].strip('"'),
+        __doc__.split("\n\n")[0].strip('"').replace("``", ""),
         "",
         "commands:",
-        *(f"  {n:<{width}}  {c.purpose}" for n, c in COMMANDS.items()),
+        *(
+            f"  {n:<{width}}  {c.purpose.split(':')[0].split(' (')[0].rstrip('.')}"
+            for n, c in COMMANDS.items()
+        ),  # fmt: skip
         "",
         "`mpt-jax COMMAND --help` shows the command's gin files, required macros, outputs "
         "and an example.",
