@@ -319,6 +319,7 @@ def check_vocabulary(
       backbone: the checkpoint (for the message).
       model_vocabulary: the vocabulary the checkpoint ships, when it does.
     """
+    vocabulary = getattr(vocabulary, "resolved", vocabulary)  # the project's lazy wrapper
     size = vocabulary.vocab_size
     if size > config.vocab_size or size < config.vocab_size - 128:
         raise ValueError(
