@@ -10,7 +10,9 @@ Importing this package registers (once; importing again is a no-op):
 - few-shot variants ``<task>_{4,16,32}shot`` of each (``few_shot.py``);
 - mixtures ``mpt_{source,glue,superglue,mrqa,others}_mixture`` (``source.py``).
 
-- the embedded synthetic benchmark ``mpt_embedded_*`` (``embedded.py``).
+- the embedded synthetic benchmark ``mpt_embedded_*`` (``embedded.py``);
+- your own tasks from jsonl/TSV files, bound in gin (``file_tasks.tasks``, ``files.py``;
+  registered by ``mpt-jax`` before a job, or by ``files.register_file_tasks()``).
 
 A T5X gin file::
 
@@ -26,7 +28,7 @@ Nothing is downloaded: TFDS data must be prepared in the TFDS data directory, MR
 any task read from jsonl) is bound with ``task_data_files.files``.
 """
 
-from . import embedded  # noqa: F401  (registers the embedded benchmark on import)
+from . import embedded, files  # noqa: F401  (embedded registers on import; files: gin binding)
 from .glue import register_glue
 from .mrqa import register_qa
 from .others import register_others

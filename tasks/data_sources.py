@@ -142,15 +142,19 @@ def records_from_jsonl(
 ) -> Iterator[Mapping[str, Any]]:
     """Parsed records of every line of ``paths``, in file and line order."""
     for path in paths:
+        empty = True
         for line_number, line in enumerate(_lines(path), start=1):
             if not line.strip():
                 continue
+            empty = False
             try:
                 raw = json.loads(line)
             except json.JSONDecodeError as err:
                 raise ValueError(f"{path}:{line_number}: not JSON ({err}).") from None
             for parsed in parser(raw):
                 yield _conform(parsed, output_signature, f"{path}:{line_number}")
+        if empty:
+            raise ValueError(f"{path}: the file holds no record (bound in task_data_files.files)")
 
 
 def identity_parser(record: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:

@@ -12,6 +12,10 @@ vocabulary from :func:`output_vocabulary` the first time it is used::
     # or, in a T5X run, the model's own vocabulary object:
     output_vocabulary.vocabulary = %VOCABULARY
 
+With none of these bound, a backbone checkpoint that ships a tokenizer (a Hugging Face
+folder's ``spiece.model``, the embedded backbone's bytes) provides it
+(``TASK_VOCABULARY.adopt``, called when the backbone is loaded).
+
 Once resolved, the vocabulary stays fixed for the process; call
 ``TASK_VOCABULARY.reset()`` after changing the bindings in the same process.
 """
@@ -67,6 +71,25 @@ def output_vocabulary(
     raise ValueError(f"output_vocabulary.kind must be one of {VOCABULARY_KINDS}; got {kind!r}.")
 
 
+_VOCABULARY_BINDINGS = (
+    "output_vocabulary.kind",
+    "output_vocabulary.vocabulary",
+    "t5_vocabulary.sentencepiece_model_path",
+)
+
+
+def vocabulary_is_bound() -> bool:
+    """Whether gin binds the tasks' vocabulary (then a backbone's tokenizer is only checked
+    against it, never silently used instead)."""
+    for name in _VOCABULARY_BINDINGS:
+        try:
+            gin.query_parameter(name)
+            return True
+        except ValueError:
+            continue
+    return False
+
+
 class ConfiguredVocabulary(seqio.Vocabulary):
     """A vocabulary that becomes ``output_vocabulary()`` the first time it is used."""
 
@@ -80,6 +103,14 @@ class ConfiguredVocabulary(seqio.Vocabulary):
         if self._resolved is None:
             self._resolved = output_vocabulary()
         return self._resolved
+
+    def adopt(self, vocabulary: seqio.Vocabulary) -> bool:
+        """Uses ``vocabulary`` (a backbone's own tokenizer) unless gin binds a vocabulary
+        (:func:`vocabulary_is_bound`) or one was adopted already; returns whether it did."""
+        if vocabulary_is_bound() or self._resolved is not None:
+            return False
+        self._resolved = vocabulary
+        return True
 
     def reset(self) -> None:
         """Forgets the resolved vocabulary (tests, or a new configuration in one process)."""

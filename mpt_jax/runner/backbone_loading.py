@@ -11,23 +11,39 @@ backbone is never copied into a prompt checkpoint). Sources, chosen by ``checkpo
   (recognised by its ``shared.weight`` / ``encoder.block.0...`` keys) converted with
   :func:`mpt_jax.backbone.hf_import.convert_hf_state_dict`;
 - ``"hf:<dir>"`` or a directory with ``config.json``: a Hugging Face T5 checkpoint
-  (:func:`mpt_jax.backbone.hf_import.load_hf_checkpoint`);
+  (:func:`mpt_jax.backbone.hf_import.load_hf_checkpoint`); its configuration comes from
+  the folder's ``config.json`` and the tasks' vocabulary from its ``spiece.model``;
+- ``"embedded"``, or a ``.msgpack`` with a ``.json`` beside it holding ``"config"``: the
+  shipped pretrained backbone (``mpt_jax/assets/embedded_t5``) or one saved like it; its
+  configuration comes from the JSON, its vocabulary is bytes;
 - any other directory: an orbax checkpoint of the tree (``StandardCheckpointer``), e.g.
   a T5X-format tree saved by orbax.
 
+Each source is a :class:`BackboneFormat` in :data:`FORMATS`, tried in order; a new
+checkpoint format is one more entry (its ``matches``, ``read`` and, when the checkpoint
+carries them, ``config`` and ``vocabulary``).
+
+The configuration: an explicit ``config`` argument, else the checkpoint's own (a Hugging
+Face ``config.json``, the embedded backbone's JSON), else ``get_config(config_name)``
+(``BACKBONE`` in ``base.gin``). A ``BACKBONE`` binding never overrides a checkpoint's own
+configuration.
+
 Every loaded tree is checked against the shapes the configuration implies; a missing,
-extra or mis-shaped parameter is an error naming its path.
+extra or mis-shaped parameter is an error naming its path. :func:`check_vocabulary`
+refuses a task vocabulary whose size or pieces disagree with the model's.
 
 gin::
 
-    load_backbone.config = @get_config()
-    get_config.name = "base"
+    load_backbone.config_name = "t5_1_1_base"      # base.gin: %BACKBONE
     load_backbone.checkpoint = "/models/t5_1_1_base.msgpack"
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -112,56 +128,282 @@ def _hf_dir(checkpoint: str | None) -> str | None:
     return checkpoint if os.path.isfile(os.path.join(checkpoint, "config.json")) else None
 
 
-def _read(checkpoint: str, config: T5Config) -> PyTree:
-    hf_dir = _hf_dir(checkpoint)
-    if hf_dir is not None:
+def _hf_read(checkpoint: str, config: T5Config) -> PyTree:
+    from mpt_jax.backbone import hf_import
+
+    return hf_import.load_hf_checkpoint(_hf_dir(checkpoint), config)
+
+
+def _hf_config(checkpoint: str) -> T5Config:
+    from mpt_jax.backbone import hf_import
+
+    directory = _hf_dir(checkpoint)
+    if not os.path.isfile(os.path.join(directory, "config.json")):
+        raise FileNotFoundError(
+            f"backbone checkpoint {checkpoint!r}: no config.json in {directory!r}"
+        )
+    return hf_import.config_from_hf(directory)
+
+
+def _hf_vocabulary(checkpoint: str):
+    path = os.path.join(_hf_dir(checkpoint), "spiece.model")
+    if not os.path.isfile(path):
+        return None
+    import seqio
+
+    return seqio.SentencePieceVocabulary(path, extra_ids=100)
+
+
+def _embedded_path(checkpoint: str) -> str:
+    if checkpoint == "embedded":
+        from mpt_jax import assets
+
+        return str(assets.EMBEDDED_BACKBONE) + ".msgpack"
+    return checkpoint
+
+
+def _is_embedded(checkpoint: str) -> bool:
+    if checkpoint == "embedded":
+        return True
+    meta = checkpoint.removesuffix(".msgpack") + ".json"
+    if not checkpoint.endswith(".msgpack") or not os.path.isfile(meta):
+        return False
+    with open(meta) as f:
+        return "config" in json.load(f)
+
+
+def _embedded_config(checkpoint: str) -> T5Config:
+    with open(_embedded_path(checkpoint).removesuffix(".msgpack") + ".json") as f:
+        return T5Config(**json.load(f)["config"])
+
+
+def _embedded_vocabulary(checkpoint: str):
+    import seqio
+
+    config = _embedded_config(checkpoint)
+    return (
+        seqio.ByteVocabulary() if config.vocab_size == seqio.ByteVocabulary().vocab_size else None
+    )
+
+
+def _msgpack_read(checkpoint: str, config: T5Config) -> PyTree:
+    with open(_embedded_path(checkpoint), "rb") as f:
+        tree = flax.serialization.msgpack_restore(f.read())
+    return tree.get("params", tree)
+
+
+def _safetensors_read(checkpoint: str, config: T5Config) -> PyTree:
+    from safetensors.numpy import load_file
+
+    flat = load_file(checkpoint)
+    if _is_hf_state(flat):
         from mpt_jax.backbone import hf_import
 
-        return hf_import.load_hf_checkpoint(hf_dir, config)
-    if not os.path.exists(checkpoint):
+        return hf_import.convert_hf_state_dict(flat, config)
+    return _unflatten(flat)
+
+
+def _orbax_read(checkpoint: str, config: T5Config) -> PyTree:
+    import orbax.checkpoint as ocp
+
+    tree = ocp.StandardCheckpointer().restore(os.path.abspath(checkpoint))
+    return tree.get("params", tree)
+
+
+@dataclasses.dataclass(frozen=True)
+class BackboneFormat:
+    """One kind of backbone checkpoint.
+
+    Attributes:
+      name: shown in errors.
+      matches: ``checkpoint -> bool`` (cheap: names and small files only).
+      read: ``(checkpoint, config) -> parameter tree``.
+      config: ``checkpoint -> T5Config`` when the checkpoint carries its configuration.
+      vocabulary: ``checkpoint -> seqio.Vocabulary | None`` when it carries a tokenizer.
+    """
+
+    name: str
+    matches: Callable[[str], bool]
+    read: Callable[[str, T5Config], PyTree]
+    config: Callable[[str], T5Config] | None = None
+    vocabulary: Callable[[str], Any] | None = None
+
+
+#: The checkpoint formats, tried in order (the first that matches reads).
+FORMATS: list[BackboneFormat] = [
+    BackboneFormat(
+        "huggingface", lambda c: _hf_dir(c) is not None, _hf_read, _hf_config, _hf_vocabulary
+    ),  # fmt: skip
+    BackboneFormat(
+        "embedded", _is_embedded, _msgpack_read, _embedded_config, _embedded_vocabulary
+    ),  # fmt: skip
+    BackboneFormat("msgpack", lambda c: c.endswith(".msgpack"), _msgpack_read),
+    BackboneFormat("safetensors", lambda c: c.endswith(".safetensors"), _safetensors_read),
+    BackboneFormat("orbax", os.path.isdir, _orbax_read),
+]
+
+
+def _is_random(checkpoint: str | None) -> bool:
+    return checkpoint is None or checkpoint == "random" or checkpoint.startswith("random:")
+
+
+def checkpoint_format(checkpoint: str) -> BackboneFormat:
+    """The :class:`BackboneFormat` of ``checkpoint``; an error when none fits."""
+    for fmt in FORMATS:
+        if fmt.matches(checkpoint):
+            if fmt.name not in ("huggingface", "embedded") and not os.path.exists(checkpoint):
+                break
+            return fmt
+    if not os.path.exists(checkpoint.removeprefix("hf:")):
         raise FileNotFoundError(f"backbone checkpoint {checkpoint!r} does not exist")
-    if checkpoint.endswith(".msgpack"):
-        with open(checkpoint, "rb") as f:
-            tree = flax.serialization.msgpack_restore(f.read())
-        return tree.get("params", tree)
-    if checkpoint.endswith(".safetensors"):
-        from safetensors.numpy import load_file
-
-        flat = load_file(checkpoint)
-        if _is_hf_state(flat):
-            from mpt_jax.backbone import hf_import
-
-            return hf_import.convert_hf_state_dict(flat, config)
-        return _unflatten(flat)
-    if os.path.isdir(checkpoint):
-        import orbax.checkpoint as ocp
-
-        tree = ocp.StandardCheckpointer().restore(os.path.abspath(checkpoint))
-        return tree.get("params", tree)
     raise ValueError(
-        f"cannot tell the format of backbone checkpoint {checkpoint!r}: expected a .msgpack or "
-        ".safetensors file, an orbax directory, or a Hugging Face directory ('hf:<dir>')"
+        f"cannot tell the format of backbone checkpoint {checkpoint!r}: expected 'embedded', a "
+        ".msgpack or .safetensors file, an orbax directory, or a Hugging Face directory "
+        f"('hf:<dir>'); known formats: {[f.name for f in FORMATS]}"
     )
+
+
+def _read(checkpoint: str, config: T5Config) -> PyTree:
+    return checkpoint_format(checkpoint).read(checkpoint, config)
+
+
+def backbone_config(
+    config: T5Config | None, checkpoint: str | None, config_name: str | None = None
+) -> T5Config:
+    """The configuration :func:`load_backbone` uses (see the module docstring's order)."""
+    if config is not None:
+        return config
+    if not _is_random(checkpoint):
+        fmt = checkpoint_format(checkpoint)
+        if fmt.config is not None:
+            return fmt.config(checkpoint)
+    return get_config(config_name or "tiny")
+
+
+def backbone_vocabulary(checkpoint: str | None):
+    """The vocabulary ``checkpoint`` ships (a Hugging Face folder's ``spiece.model``, the
+    embedded backbone's bytes), or None."""
+    if _is_random(checkpoint):
+        return None
+    fmt = checkpoint_format(checkpoint)
+    return fmt.vocabulary(checkpoint) if fmt.vocabulary is not None else None
+
+
+def _pieces(vocabulary) -> tuple[str, ...] | None:
+    model = getattr(vocabulary, "tokenizer", None)
+    if model is None:
+        return None
+    return tuple(model.id_to_piece(i) for i in range(model.get_piece_size()))
+
+
+def describe_vocabulary(vocabulary) -> str:
+    path = getattr(vocabulary, "sentencepiece_model_file", None) or getattr(
+        vocabulary, "_sentencepiece_model_file", None
+    )
+    where = f" {path}" if path else ""
+    return f"{type(vocabulary).__name__}{where} ({vocabulary.vocab_size} ids)"
+
+
+def check_vocabulary(
+    vocabulary, config: T5Config, *, where: str, backbone: str, model_vocabulary=None
+) -> None:
+    """Raises ``ValueError`` naming both sides when ``vocabulary`` (a task's) cannot be the
+    model's: it has more ids than the embedding (``config.vocab_size``), fewer by more
+    than the 128 ids of padding T5 checkpoints add, or other pieces than the vocabulary
+    the checkpoint ships (``model_vocabulary``).
+
+    Args:
+      vocabulary: the task's ``seqio.Vocabulary``.
+      config: the backbone's configuration.
+      where: which task or binding the vocabulary is from (for the message).
+      backbone: the checkpoint (for the message).
+      model_vocabulary: the vocabulary the checkpoint ships, when it does.
+    """
+    vocabulary = getattr(vocabulary, "resolved", vocabulary)  # the project's lazy wrapper
+    size = vocabulary.vocab_size
+    if size > config.vocab_size or size < config.vocab_size - 128:
+        raise ValueError(
+            f"the vocabulary of {where}, {describe_vocabulary(vocabulary)}, does not fit the "
+            f"backbone {backbone!r} ({config.name}, vocab_size {config.vocab_size}): bind the "
+            "backbone's own vocabulary (output_vocabulary.kind = 'byte' for byte models, "
+            "t5_vocabulary.sentencepiece_model_path for SentencePiece ones)"
+        )
+    if model_vocabulary is None or model_vocabulary == vocabulary:
+        return
+    ours, theirs = _pieces(vocabulary), _pieces(model_vocabulary)
+    if type(vocabulary) is not type(model_vocabulary) or ours != theirs:
+        differ = ""
+        if ours is not None and theirs is not None:
+            first = next(
+                (i for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b), None
+            )
+            if first is not None:
+                differ = f"; id {first} is {ours[first]!r} vs {theirs[first]!r}"
+        raise ValueError(
+            f"the vocabulary of {where}, {describe_vocabulary(vocabulary)}, has other pieces "
+            f"than the backbone {backbone!r}'s own, {describe_vocabulary(model_vocabulary)}"
+            f"{differ}: use the backbone's (leave the vocabulary bindings unset)"
+        )
+
+
+def _needs_remote_file(vocabulary) -> bool:
+    """An unresolved project vocabulary that would read a remote sentencepiece model."""
+    from mpt_jax.tasks import vocab as vocab_lib
+
+    if not isinstance(vocabulary, vocab_lib.ConfiguredVocabulary) or vocabulary._resolved:
+        return False
+    try:
+        kind = gin.query_parameter("output_vocabulary.kind")
+    except ValueError:
+        kind = "t5"
+    try:
+        path = gin.query_parameter("t5_vocabulary.sentencepiece_model_path")
+    except ValueError:
+        path = vocab_lib.DEFAULT_T5_SPM_PATH
+    return kind == "t5" and "://" in str(path)
+
+
+def check_task_vocabularies(tasks, checkpoint: str | None, config: T5Config) -> None:
+    """Before any data is read: each seqio task's vocabulary fits the backbone
+    (:func:`check_vocabulary`); a backbone's own tokenizer is adopted first when gin binds
+    no vocabulary. A vocabulary that would be read from a remote file is not opened here."""
+    shipped = backbone_vocabulary(checkpoint)
+    if shipped is not None:
+        from mpt_jax.tasks.vocab import TASK_VOCABULARY
+
+        TASK_VOCABULARY.adopt(shipped)
+    backbone = checkpoint or f"random {config.name}"
+    for task in tasks:
+        for feature in ("inputs", "targets"):
+            vocabulary = task.output_features[feature].vocabulary
+            if _needs_remote_file(vocabulary):
+                continue
+            check_vocabulary(vocabulary, config, where=f"task {task.name!r} ({feature})",
+                             backbone=backbone, model_vocabulary=shipped)  # fmt: skip
 
 
 @gin.configurable
 def load_backbone(
-    config: T5Config | None = None, checkpoint: str | None = None
+    config: T5Config | None = None,
+    checkpoint: str | None = None,
+    config_name: str | None = None,
 ) -> tuple[T5Config, PyTree, str]:
     """``(config, backbone_params, reference)``; see the module docstring for sources.
 
     Args:
-      config: the backbone's configuration (default: read from a Hugging Face
-        checkpoint's ``config.json``; otherwise ``get_config("tiny")``, for tests).
+      config: the backbone's configuration (default: the checkpoint's own, else
+        ``get_config(config_name)``, else ``get_config("tiny")``, for tests).
       checkpoint: where the parameters come from (None = random, seed 0).
+      config_name: a :func:`~mpt_jax.backbone.get_config` name, used when neither
+        ``config`` nor the checkpoint gives one (``BACKBONE`` in ``base.gin``).
     """
-    hf_dir = _hf_dir(checkpoint)
-    if config is None and hf_dir is not None:
-        from mpt_jax.backbone import hf_import
+    config = backbone_config(config, checkpoint, config_name)
+    shipped = backbone_vocabulary(checkpoint)
+    if shipped is not None:
+        from mpt_jax.tasks.vocab import TASK_VOCABULARY
 
-        config = hf_import.config_from_hf(hf_dir)
-    config = get_config("tiny") if config is None else config
-    if checkpoint is None or checkpoint == "random" or checkpoint.startswith("random:"):
+        TASK_VOCABULARY.adopt(shipped)
+    if _is_random(checkpoint):
         seed = int(checkpoint.split(":", 1)[1]) if checkpoint and ":" in checkpoint else 0
         return config, random_backbone(config, seed), f"random:{seed}"
     params = _read(checkpoint, config)
@@ -169,4 +411,7 @@ def load_backbone(
     if "prompt" in params:
         params = {k: v for k, v in params.items() if k != "prompt"}
     check_backbone(params, config, checkpoint)
-    return config, params, os.path.abspath(checkpoint.removeprefix("hf:"))
+    reference = checkpoint if checkpoint == "embedded" else os.path.abspath(
+        checkpoint.removeprefix("hf:")
+    )  # fmt: skip
+    return config, params, reference

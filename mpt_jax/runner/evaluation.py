@@ -7,11 +7,16 @@ prediction metrics are decoded greedily (:func:`mpt_jax.decoding.greedy_decode`,
 search with ``beam_size > 1``), tasks with score metrics (rank classification) are scored
 with :func:`mpt_jax.decoding.score`. Batches are padded to a fixed size so one program
 is compiled; the padding rows' outputs are dropped.
+
+``read_input_file(path, index)`` and ``encode_inputs(records, ...)`` feed ``mpt-jax infer``
+from a jsonl of new inputs (``{"inputs": text, "task": name}`` per line) instead of a
+registered task's split.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+import json
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import gin
@@ -131,3 +136,122 @@ def make_evaluate(
         return flatten_metrics(future.result())
 
     return evaluate
+
+
+def read_input_file(path: str, index: TaskIndex) -> list[dict[str, str]]:
+    """``[{"task", "inputs"}]`` from a jsonl of new inputs; ``task`` may be left out when
+    the run has one task. A bad line is an error naming the file and the line.
+
+    Raises:
+      FileNotFoundError: no such file. ValueError: a line that is not an object with
+      ``inputs``, names a task the run does not know, or a file with no line.
+    """
+    import os
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"infer.input_file {path!r} does not exist")
+    records = []
+    with open(path) as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{where}: not a JSON line ({err})") from None
+            if not isinstance(record, dict) or "inputs" not in record:
+                raise ValueError(f'{where}: expected {{"inputs": ..., "task": ...}}')
+            task = record.get("task")
+            if task is None:
+                if index.num_tasks != 1:
+                    raise ValueError(
+                        f'{where}: give "task" (the run has tasks {list(index.names)})'
+                    )
+                task = index.names[0]
+            if task not in index:
+                raise ValueError(
+                    f"{where}: task {task!r} is not one of the run's tasks {list(index.names)}"
+                )
+            records.append({"task": task, "inputs": str(record["inputs"])})
+    if not records:
+        raise ValueError(f"infer.input_file {path!r} holds no line")
+    return records
+
+
+def encode_inputs(
+    records: Sequence[Mapping[str, str]],
+    index: TaskIndex,
+    input_length: int,
+    vocabulary_of: Callable[[str], Any],
+    *,
+    truncate: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids ``[N, input_length]`` (EOS appended, 0-padded) and task ids ``[N]``.
+
+    Args:
+      records: ``{"task", "inputs"}`` per example.
+      index: the run's task-id mapping.
+      input_length: ``TASK_FEATURE_LENGTHS["inputs"]``.
+      vocabulary_of: task name → its inputs' ``seqio.Vocabulary``.
+      truncate: cut over-long inputs (``length_policy.truncation = 'truncate'``);
+        otherwise an over-long input is an error naming it.
+    """
+    tokens = np.zeros((len(records), input_length), np.int32)
+    ids = np.zeros((len(records),), np.int32)
+    for i, record in enumerate(records):
+        vocabulary = vocabulary_of(record["task"])
+        encoded = [*vocabulary.encode(record["inputs"]), vocabulary.eos_id]
+        if len(encoded) > input_length and not truncate:
+            raise ValueError(
+                f"input {i} of task {record['task']!r} has {len(encoded)} tokens > "
+                f"{input_length} (TASK_FEATURE_LENGTHS['inputs']): raise it, or bind "
+                "length_policy.truncation = 'truncate'"
+            )
+        encoded = encoded[:input_length]
+        tokens[i, : len(encoded)] = encoded
+        ids[i] = index.id(record["task"])
+    return tokens, ids
+
+
+def predict_input_file(
+    model: PromptedT5,
+    params: PyTree,
+    index: TaskIndex,
+    input_file: str,
+    task_feature_lengths: Mapping[str, int],
+    batch_size: int,
+) -> list[dict[str, str]]:
+    """Greedy predictions ``{"task", "inputs", "prediction"}`` for the lines of a jsonl of
+    new inputs (``mpt-jax infer`` with ``infer.input_file``); ``params`` holds prompt and
+    backbone. Batches are padded to ``batch_size`` so one program is compiled."""
+    import seqio
+
+    from mpt_jax.data.feature_converter import length_policy
+    from mpt_jax.tasks.vocab import TASK_VOCABULARY
+
+    def vocabulary_of(task: str):
+        if task in seqio.TaskRegistry.names():
+            return seqio.get_mixture_or_task(task).output_features["inputs"].vocabulary
+        return TASK_VOCABULARY
+
+    lines = read_input_file(input_file, index)
+    tokens, ids = encode_inputs(
+        lines, index, int(task_feature_lengths["inputs"]), vocabulary_of,
+        truncate=length_policy() == "truncate",
+    )  # fmt: skip
+    records = []
+    for start in range(0, len(lines), batch_size):
+        n = min(batch_size, len(lines) - start)
+        enc = np.zeros((batch_size, tokens.shape[1]), np.int32)
+        task_ids = np.zeros((batch_size,), np.int32)
+        enc[:n], task_ids[:n] = tokens[start : start + n], ids[start : start + n]
+        enc[n:], task_ids[n:] = enc[0], task_ids[0]  # padding rows, dropped
+        max_length = int(task_feature_lengths["targets"])
+        out, _ = decoding.greedy_decode(model, params, enc, task_ids, max_decode_length=max_length)
+        out = np.asarray(out)
+        for j in range(n):
+            line = lines[start + j]
+            text = vocabulary_of(line["task"]).decode(out[j].tolist())
+            records.append({"task": line["task"], "inputs": line["inputs"], "prediction": text})
+    return records

@@ -179,10 +179,13 @@ def infer(
     output_file: str | None = None,
     batch_size: int = 32,
     num_examples: int | None = None,
+    input_file: str | None = None,
 ) -> list[dict[str, Any]]:
     """Greedy predictions for every example of ``split``, written as JSON lines
     ``{"task", "inputs", "prediction", "targets"}`` to ``output_file`` (default
-    ``<model_dir>/predictions_<split>.jsonl``)."""
+    ``<model_dir>/predictions_<split>.jsonl``). With ``input_file`` (a jsonl of
+    ``{"inputs", "task"}``), its lines are predicted instead (no ``targets``; default
+    output ``<model_dir>/predictions_<file name>``)."""
     import seqio
 
     from mpt_jax import decoding
@@ -193,10 +196,17 @@ def infer(
     _, backbone, _, _, model = _setup(stage, index, 0)
     prompt, step = _restore_prompt(model_dir, step)
     params = merge_params(prompt, backbone)
-    provider = seqio.get_mixture_or_task(mixture_or_task_name)
-    tasks = provider.tasks if isinstance(provider, seqio.Mixture) else [provider]
+    if input_file is not None:
+        from mpt_jax.runner.evaluation import predict_input_file
+
+        records = predict_input_file(model, params, index, input_file, task_feature_lengths,
+                                     batch_size)  # fmt: skip
+        split, tasks = os.path.basename(input_file).removesuffix(".jsonl"), []
+    else:
+        provider = seqio.get_mixture_or_task(mixture_or_task_name)
+        tasks = provider.tasks if isinstance(provider, seqio.Mixture) else [provider]
+        records = []
     converter = PromptEncDecFeatureConverter(passthrough_features={}, task_index=index)
-    records: list[dict[str, Any]] = []
     for task in tasks:
         vocab_in = task.output_features["inputs"].vocabulary
         vocab_out = task.output_features["targets"].vocabulary

@@ -1,0 +1,135 @@
+"""The README's "Your own tasks" walk-through, run verbatim at tiny size: its Python block
+writes the jsonl files, its gin block declares the tasks, and each `mpt-jax` line of its
+bash block runs through ``cli.main`` with ``runner/tiny.gin`` in place of
+``runner/embedded.gin`` (4 steps on a random backbone)."""
+
+import json
+import os
+import re
+import shlex
+
+import numpy as np
+import pytest
+import seqio
+
+from mpt_jax import cli
+from mpt_jax.tasks import files
+
+README = os.path.join(os.path.dirname(__file__), "..", "README.md")
+
+
+def _section() -> str:
+    text = open(README).read()
+    return text.split("## Your own tasks", 1)[1].split("\n## ", 1)[0]
+
+
+def _blocks(section: str) -> list[tuple[str, str]]:
+    return re.findall(r"```(\w*)\n(.*?)```", section, flags=re.S)
+
+
+def _commands(bash: str) -> list[list[str]]:
+    joined = bash.replace("\\\n", " ")
+    env, out = {}, []
+    for line in joined.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        name, eq, value = line.partition("=")
+        if eq and name.isidentifier() and not line.startswith("mpt-jax"):
+            env[name] = shlex.split(value)[0]
+            continue
+        for key, value in env.items():
+            line = line.replace(f"${key}", value)
+        argv = shlex.split(line)
+        assert argv[0] == "mpt-jax", line
+        out.append([a.replace("runner/embedded.gin", "runner/tiny.gin") for a in argv[1:]])
+    return out
+
+
+@pytest.fixture(scope="module")
+def walkthrough(tmp_path_factory):
+    root = tmp_path_factory.mktemp("own")
+    old = os.getcwd()
+    os.chdir(root)
+    try:
+        blocks = _blocks(_section())
+        python = next(b for lang, b in blocks if lang == "python")
+        gin_text = next(b for lang, b in blocks if lang == "")
+        bash = next(b for lang, b in blocks if lang == "bash")
+        exec(compile(python, "README.md", "exec"), {})
+        (root / "my_tasks.gin").write_text(gin_text)
+        statuses = [(argv[0], cli.main(argv)) for argv in _commands(bash)]
+        yield root, statuses
+    finally:
+        os.chdir(old)
+
+
+def test_every_command_of_the_walkthrough_succeeds(walkthrough):
+    root, statuses = walkthrough
+    assert [s for _, s in statuses] == [0] * len(statuses), statuses
+    assert [j for j, _ in statuses] == ["train", "train", "train", "eval", "infer",
+                                        "export-prompts", "plot"]  # fmt: skip
+
+
+def test_own_tasks_are_seqio_tasks_with_task_ids(walkthrough):
+    root, _ = walkthrough
+    task = seqio.get_mixture_or_task("src_a")
+    assert "task_ids" in task.output_features
+    assert [t.name for t in seqio.get_mixture_or_task("my_sources").tasks] == ["src_a", "src_b"]
+    teachers = json.loads((root / "runs/teachers/task_index.json").read_text())
+    assert teachers["task_names"] == ["src_a", "src_b"]
+    # the first training example is the file's first line, in the mapped fields
+    first = json.loads(open(root / "data/src_a/train.jsonl").readline())
+    spec = {"train": str(root / "data/src_a/train.jsonl"), "inputs": "text",
+            "targets": "answer", "labels": ["no", "yes"]}  # fmt: skip
+    example = next(files.examples(files.FileTask.from_mapping("x", spec), "train"))
+    assert example["inputs"] == first["text"] and example["targets"] == first["answer"]
+    assert example["label"] == ["no", "yes"].index(first["answer"])
+
+
+def test_rank_scored_target_evaluates_and_infers_on_new_inputs(walkthrough):
+    root, _ = walkthrough
+    record = json.loads((root / "runs/tgt/eval_results.jsonl").read_text().splitlines()[-1])
+    assert 0.0 <= record["tgt/accuracy"] <= 100.0 and record["step"] == 4
+    new = [json.loads(line) for line in open(root / "data/new.jsonl")]
+    predictions = [json.loads(line) for line in open(root / "runs/tgt/predictions_new.jsonl")]
+    assert [p["inputs"] for p in predictions] == [n["inputs"] for n in new]
+    assert {p["task"] for p in predictions} == {"tgt"}
+    from mpt_jax.prompts import io as prompt_io
+
+    peft, config = prompt_io.import_peft(str(root / "tgt_adapter"))
+    assert config["num_tasks"] == 1 and peft["shared"].shape[0] == 4  # tiny.gin: 4 tokens
+    assert (root / "runs/tgt/learning_curves.png").stat().st_size > 1000
+
+
+def test_rank_accuracy_formula():
+    # two examples, two labels each: example 0 ranks its correct label first, 1 does not
+    targets = [(0, 1), (0, 0), (1, 0), (1, 1)]
+    assert files.rank_accuracy(targets, [-1.0, -2.0, -0.5, -3.0]) == {"accuracy": 50.0}
+    assert files.rank_accuracy(targets, [-1.0, -2.0, -5.0, -3.0]) == {"accuracy": 100.0}
+
+
+def test_file_task_mistakes_name_the_task_and_key(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown key 'input'; did you mean 'inputs'"):
+        files.FileTask.from_mapping("t", {"train": "a.jsonl", "input": "text"})
+    with pytest.raises(ValueError, match=r"metric 'acuracy' is not a shipped metric; did you"):
+        files.FileTask.from_mapping("t", {"train": "a.jsonl", "labels": ["a"], "metric": "acuracy"})
+    with pytest.raises(ValueError, match="compares class labels; give 'labels'"):
+        files.FileTask.from_mapping("t", {"train": "a.jsonl", "metric": "accuracy"})
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "x", "answer": "maybe"}\n')
+    labels = {"labels": ["no", "yes"]}
+    task = files.FileTask.from_mapping(
+        "t", {"train": str(bad), "inputs": "text", "targets": "answer", **labels}
+    )
+    with pytest.raises(ValueError, match=rf"{bad}:1: target 'maybe' is neither a label name"):
+        list(files.examples(task, "train"))
+    tsv = tmp_path / "t.tsv"
+    tsv.write_text("title\tbody\tlabel\nA\tB\t1\n")
+    task = files.FileTask.from_mapping(
+        "t", {"train": str(tsv), "inputs": ["title", "body"], "targets": "label", **labels}
+    )
+    assert list(files.examples(task, "train")) == [
+        {"inputs": "title: A body: B", "targets": "yes", "label": 1}
+    ]
+    assert np.isclose(files._squad(["The cat"], ["cat"])["em"], 100.0)
