@@ -80,9 +80,17 @@ class PeftStepper:
 
 
 def torch_device() -> str:
+    """``cuda`` when torch sees a GPU, else ``cpu``.
+
+    On a GPU, torch's float32 matmuls are allowed TF32 as JAX's default precision
+    allows it, so float32 compares like with like (the same-start check turns it off).
+    """
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        return "cuda"
+    return "cpu"
 
 
 def set_torch_threads(threads: int | None) -> int:

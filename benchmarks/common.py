@@ -493,6 +493,7 @@ def machine_info() -> dict[str, Any]:
         "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "env": {k: os.environ.get(k) for k in ("XLA_FLAGS", "OMP_NUM_THREADS", "JAX_PLATFORMS")},
         "jax_backend": jax.default_backend(),
+        "jax_default_matmul_precision": jax.config.jax_default_matmul_precision,
         "jax_devices": [str(d) for d in jax.devices()],
         "device": f"{jax.default_backend()}: {getattr(device, 'device_kind', device.platform)}",
         "python": sys.version.split()[0],
@@ -503,6 +504,7 @@ def machine_info() -> dict[str, Any]:
         torch = sys.modules["torch"]
         out["torch_threads"] = torch.get_num_threads()
         out["torch_device"] = "cuda" if torch.cuda.is_available() else "cpu"
+        out["torch_allow_tf32"] = bool(torch.backends.cuda.matmul.allow_tf32)
     return out
 
 

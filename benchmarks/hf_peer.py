@@ -179,7 +179,8 @@ def same_start(model, params, peft_model, batch: Mapping[str, np.ndarray]) -> di
     """Both sides' loss and logits without dropout on ``batch`` (float32 is compared).
 
     Ours runs through our eval step (``training.make_eval_step``) and ``PromptedT5``;
-    PEFT's model in ``eval()`` mode (restored to train mode afterwards).
+    PEFT's model in ``eval()`` mode (restored to train mode afterwards). Both use full
+    float32 matmuls here (no TF32 on a GPU), whatever the timed steps use.
 
     Returns:
       ``ours_loss``, ``peft_loss``, ``abs_loss_diff``, ``max_abs_logit_diff``,
@@ -188,26 +189,30 @@ def same_start(model, params, peft_model, batch: Mapping[str, np.ndarray]) -> di
     import torch
 
     prompt, backbone = training.split_params(dict(params))
-    ours_loss = training.make_eval_step(training.task_loss_fn(model))(
-        prompt, {"backbone": backbone}, dict(batch)
-    )["loss"]
-    ours_logits = jax.jit(
-        lambda p: model.apply(
-            {"params": p},
-            batch["encoder_input_tokens"],
-            batch["decoder_input_tokens"],
-            batch["decoder_target_tokens"],
-            batch["task_ids"],
-            enable_dropout=False,
-        )
-    )(params)
+    with jax.default_matmul_precision("highest"):
+        ours_loss = training.make_eval_step(training.task_loss_fn(model))(
+            prompt, {"backbone": backbone}, dict(batch)
+        )["loss"]
+        ours_logits = jax.jit(
+            lambda p: model.apply(
+                {"params": p},
+                batch["encoder_input_tokens"],
+                batch["decoder_input_tokens"],
+                batch["decoder_target_tokens"],
+                batch["task_ids"],
+                enable_dropout=False,
+            )
+        )(params)
     device = next(peft_model.parameters()).device
+    tf32 = torch.backends.cuda.matmul.allow_tf32
     peft_model.eval()
+    torch.backends.cuda.matmul.allow_tf32 = False
     try:
         with torch.no_grad():
             out = peft_model(**torch_batch(batch, str(device)))
     finally:
         peft_model.train()
+        torch.backends.cuda.matmul.allow_tf32 = tf32
     theirs = out.logits.float().cpu().numpy()
     ours_logits = np.asarray(ours_logits, dtype=np.float32)
     return {
