@@ -173,6 +173,13 @@ def test_limits(results):
         )
     (frac,) = [r for r in res["ratios"] if r["name"] == "train_gflops_over_matmul_peak"]
     assert frac["value"] == f["train_frac_of_jax_peak"] and frac["target"] == 0.75
+    # The matmul floor counts the step's dots from its jaxpr: most of XLA's flops (the
+    # rest is elementwise work), never more.
+    assert 0.5 * f["train_gflop_per_step"] < f["train_matmul_gflop"] <= f["train_gflop_per_step"]
+    (over,) = [r for r in res["ratios"] if r["name"].startswith("train_over_matmul_floor")]
+    np.testing.assert_allclose(
+        over["value"], res["timings"]["train"]["median_s"] / f["train_matmul_floor_s"]
+    )
     results["limits"] = res
 
 
@@ -277,3 +284,25 @@ def test_t5x_benchmark_skips_cleanly_without_t5x(capsys):
     for binding in ("EMBED_DIM = 256", "NUM_ENCODER_LAYERS = 4", "PROMPT_LENGTH = 100",
                     "seqio.PassThroughVocabulary.size = 32128"):  # fmt: skip
         assert binding in text
+
+
+def test_matmul_floor_counts_each_dot_and_its_flops():
+    import jax.numpy as jnp
+
+    from benchmarks import matmul_floor
+
+    w = jnp.ones((4, 5))
+
+    def f(x, y):
+        scanned, _ = jax.lax.scan(lambda c, _: (c @ jnp.ones((4, 4)), None), x, None, length=3)
+        return jnp.einsum("bmk,bkn->bmn", y, y.swapaxes(1, 2)), scanned @ w
+
+    dots = matmul_floor.dots_of(f, jnp.ones((2, 4)), jnp.ones((6, 3, 4)))
+    by_shape = {(d.lhs, d.rhs): (n, d.flops) for d, n in dots.items()}
+    assert by_shape[((2, 4), (4, 4))] == (3, 2 * 2 * 4 * 4)  # the scan body, 3 times
+    assert by_shape[((2, 4), (4, 5))] == (1, 2 * 2 * 5 * 4)
+    (batched,) = [v for (lhs, _), v in by_shape.items() if lhs == (6, 3, 4)]
+    assert batched == (1, 2 * 6 * 3 * 3 * 4)  # batch 6, [3, 4] @ [4, 3]
+    got = matmul_floor.floor(dots, reps=1)
+    assert got["count"] == 5 and got["distinct"] == 3
+    assert got["matmul_gflop"] == (3 * 64 + 80 + 432) / 1e9 and got["floor_s"] > 0
