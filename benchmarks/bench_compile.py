@@ -56,14 +56,16 @@ def _set_cache(directory: str | None) -> None:
     jax_cache.reset_cache()
 
 
-def run(sizes: tuple[str, ...] = ("mini",), *, reps: int = 3) -> dict[str, Any]:
+def run(
+    sizes: tuple[str, ...] = ("mini",), *, reps: int = 3, dtype: str | None = None
+) -> dict[str, Any]:
     """Trace+lower and XLA compile seconds of the train step, per size and mode."""
     if reps < 1:
         raise ValueError(f"reps must be >= 1, got {reps}")
     figures: dict[str, float] = {}
     ratios = []
     for size in sizes:
-        w = common.workload(size)
+        w = common.workload(size, dtype)
         model, params = common.init_model(w, "mpt")
         batch = common.device_batch(common.make_batch(w))
         runs: dict[str, list[tuple[float, float]]] = {}
@@ -87,7 +89,9 @@ def run(sizes: tuple[str, ...] = ("mini",), *, reps: int = 3) -> dict[str, Any]:
                     "small_total_compile_s" if mode == "cold" else f"small_{mode}_total_compile_s"
                 )
                 ratios.append(common.ratio(name, figures[name], SMALL_TARGET_S))
-    return common.result("compile", common.workload(sizes[0]), figures, ratios, sizes=list(sizes))
+    return common.result(
+        "compile", common.workload(sizes[0], dtype), figures, ratios, sizes=list(sizes)
+    )
 
 
 def main(argv=None) -> dict[str, Any]:
@@ -95,7 +99,7 @@ def main(argv=None) -> dict[str, Any]:
     p.add_argument("--sizes", default=None, help="comma-separated sizes (default: --size)")
     args = p.parse_args(argv)
     sizes = tuple(args.sizes.split(",")) if args.sizes else (args.size,)
-    return common.finish(run(sizes, reps=args.reps), args.json)
+    return common.finish(run(sizes, reps=args.reps, dtype=args.dtype), args.json)
 
 
 if __name__ == "__main__":

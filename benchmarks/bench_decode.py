@@ -38,9 +38,11 @@ class DecodeStepper:
         jax.block_until_ready(out)
 
 
-def run(size: str = "mini", *, reps: int = 10, warmup: int = 2) -> dict[str, Any]:
+def run(
+    size: str = "mini", *, reps: int = 10, warmup: int = 2, dtype: str | None = None
+) -> dict[str, Any]:
     """Generated tokens/s with and without the prompt, and their ratio."""
-    w = common.workload(size)
+    w = common.workload(size, dtype)
     batch = common.make_batch(w)
     prompted, params = common.init_model(w, "mpt")
     plain = prompted.clone(prompt=None)
@@ -64,7 +66,8 @@ def run(size: str = "mini", *, reps: int = 10, warmup: int = 2) -> dict[str, Any
 
 def main(argv=None) -> dict[str, Any]:
     args = common.arg_parser(__doc__.splitlines()[0]).parse_args(argv)
-    return common.finish(run(args.size, reps=args.reps, warmup=args.warmup), args.json)
+    res = run(args.size, reps=args.reps, warmup=args.warmup, dtype=args.dtype)
+    return common.finish(res, args.json)
 
 
 if __name__ == "__main__":

@@ -29,9 +29,11 @@ def distill_stepper(w: common.Workload, batch) -> common.JaxStepper:
     return common.JaxStepper(step, training.TrainState.create(prompt, tx), frozen, batch)
 
 
-def run(size: str = "mini", *, reps: int = 10, warmup: int = 2) -> dict[str, Any]:
+def run(
+    size: str = "mini", *, reps: int = 10, warmup: int = 2, dtype: str | None = None
+) -> dict[str, Any]:
     """Time of a distillation step over a plain MPT step (limit ≈ 1.5)."""
-    w = common.workload(size)
+    w = common.workload(size, dtype)
     batch = common.make_batch(w)
     candidates = {
         "distill": distill_stepper(w, batch),
@@ -51,7 +53,8 @@ def run(size: str = "mini", *, reps: int = 10, warmup: int = 2) -> dict[str, Any
 
 def main(argv=None) -> dict[str, Any]:
     args = common.arg_parser(__doc__.splitlines()[0]).parse_args(argv)
-    return common.finish(run(args.size, reps=args.reps, warmup=args.warmup), args.json)
+    res = run(args.size, reps=args.reps, warmup=args.warmup, dtype=args.dtype)
+    return common.finish(res, args.json)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ compiling and running a few steps), so one measurement never inherits another's 
 
 - ``train``: our prompt-only train step (AdamW);
 - ``forward``: our eval step (inference only) on the same model and batch;
-- ``peft_train``: PEFT's MPT train step (float32), for reference;
+- ``peft_train``: PEFT's MPT train step (same weights, same dtype), for reference;
 - ``baseline``: the same process after building the model and batch, before any step.
 
 The peak includes XLA's compile-time memory; ``*_rss_after_steps_mb`` is the resident
@@ -43,14 +43,15 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
 
 
-def child(mode: str, size: str) -> dict[str, float]:
+def child(mode: str, size: str, dtype: str | None = None) -> dict[str, float]:
     """Run ``mode`` in this process and return its peak RSS (MiB)."""
-    w = common.workload(size)
+    w = common.workload(size, dtype)
     batch = common.make_batch(w)
     if mode == "peft_train":
-        from benchmarks.bench_peft import PeftStepper, build_peft
+        from benchmarks.bench_peft import peft_stepper, set_torch_threads, torch_device
 
-        fn = PeftStepper(*build_peft(w, batch), dtype="float32")
+        set_torch_threads(None)
+        fn = peft_stepper(w, common.init_model(w, "mpt")[1], batch, torch_device())
     elif mode in ("train", "baseline"):
         fn = common.prompt_train_stepper(w, "mpt", batch=batch)
     elif mode == "forward":
@@ -70,11 +71,13 @@ def child(mode: str, size: str) -> dict[str, float]:
     return {"peak_rss_mb": _peak_rss_mb(), "rss_mb": psutil.Process().memory_info().rss / 2**20}
 
 
-def measure(mode: str, size: str) -> dict[str, float]:
+def measure(mode: str, size: str, dtype: str | None = None) -> dict[str, float]:
     """Peak RSS and RSS after the steps (MiB) of ``mode`` in a fresh subprocess."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    dtype = dtype or common.default_dtype()
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.bench_memory", "--child", mode, "--size", size],
+        [sys.executable, "-m", "benchmarks.bench_memory", "--child", mode, "--size", size,
+         "--dtype", dtype],
         cwd=root, capture_output=True, text=True, check=False,
     )  # fmt: skip
     if proc.returncode != 0:
@@ -98,12 +101,14 @@ def optimizer_bytes(size: str) -> dict[str, float]:
     return {k: float(v) for k, v in out.items()}
 
 
-def run(size: str = "mini", *, modes: tuple[str, ...] = MODES) -> dict[str, Any]:
+def run(
+    size: str = "mini", *, modes: tuple[str, ...] = MODES, dtype: str | None = None
+) -> dict[str, Any]:
     """Peak RSS per mode (fresh subprocesses), their ratios, optimizer-state bytes."""
-    w = common.workload(size)
+    w = common.workload(size, dtype)
     figures: dict[str, float] = {}
     for m in modes:
-        got = measure(m, size)
+        got = measure(m, size, w.dtype)
         figures[f"{m}_peak_rss_mb"] = got["peak_rss_mb"]
         figures[f"{m}_rss_after_steps_mb"] = got["rss_mb"]
     figures.update(optimizer_bytes(size))
@@ -131,9 +136,10 @@ def main(argv=None) -> dict[str, Any]:
     p.add_argument("--child", choices=MODES, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        print(json.dumps(child(args.child, args.size)))
+        print(json.dumps(child(args.child, args.size, args.dtype)))
         return {}
-    return common.finish(run(args.size, modes=tuple(args.modes.split(","))), args.json)
+    res = run(args.size, modes=tuple(args.modes.split(",")), dtype=args.dtype)
+    return common.finish(res, args.json)
 
 
 if __name__ == "__main__":

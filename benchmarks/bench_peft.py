@@ -1,91 +1,68 @@
-"""Our MPT training step against Hugging Face PEFT's, side by side in one process.
+"""Our MPT training step against Hugging Face PEFT's, on the same weights, side by side.
 
-Both sides train the same thing: a randomly initialised, frozen T5 1.1 of the workload's
-size, a 100-token MPT prompt (4 tasks, rank 1) on the encoder input only, AdamW
-(lr 1e-3) on the prompt parameters only, dropout 0.1 in train mode, the same batch of
-token ids and task ids. PEFT's model is ``transformers.T5ForConditionalGeneration`` built
-offline from a ``T5Config`` (no hub), wrapped by ``get_peft_model`` with
-``MultitaskPromptTuningConfig(num_virtual_tokens=100, num_tasks=4, num_ranks=1,
-num_transformer_submodules=1, task_type="SEQ_2_SEQ_LM")``.
+Both sides train the same model from the same point: our random T5 1.1 of the
+workload's size and our random MPT prompt (100 tokens, 4 tasks, rank 1), copied into
+``transformers.T5ForConditionalGeneration`` built as T5 1.1 (untied output layer) and
+wrapped by PEFT's ``MultitaskPromptTuningConfig`` (:mod:`benchmarks.hf_peer`); AdamW
+(lr 1e-3) on the prompt only; the same batch of token ids and task ids.
 
-Two precisions, each compared at equal precision:
+Before any timing both models run the batch without dropout in float32; the bench
+refuses to time unless the losses and every logit agree within 1e-4
+(``same_start_*`` figures: both losses and the largest logit difference).
+
+Then, alternating in one process (rotating rounds, medians), each precision at both
+dropout rates (T5 1.1's 0.1 and 0; the two implement dropout differently, ours on
+attention value rows, HF's on the attention weights):
 
 - ``float32``: our step with ``dtype="float32"`` vs PEFT in float32;
 - ``bfloat16``: our mixed precision (bfloat16 matmul operands, float32 parameters,
   accumulation, norms and softmax) vs PEFT under ``torch.autocast(dtype=bfloat16)``.
 
-The four steps alternate (ours, PEFT, ours, PEFT, …) and each figure is a median.
-Torch uses as many threads as there are cores, as XLA's CPU client does by default.
+Each side's achieved GFLOP/s is XLA's flop count of our compiled step over the
+side's median time, and its fraction of its own backend's matmul peak in that dtype
+(``common.matmul_peaks``, measured in the same process). With ``alone`` (the
+default), each side is also timed alone in a fresh process at dropout 0.1
+(``*_alone_ex_per_s``): torch's step is sensitive to sharing the cores.
+
+Torch uses as many threads as there are cores, as XLA's CPU client does by default; on
+a GPU both sides run there.
 
     python -m benchmarks.bench_peft --size mini --reps 10 --json peft.json
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import subprocess
+import sys
 from typing import Any
 
 import numpy as np
 
-from benchmarks import common
+from benchmarks import common, hf_peer
+
+#: Dropout rates both sides are timed at (T5 1.1 fine-tuning's, and none).
+DROPOUTS = (0.1, 0.0)
 
 
-def build_peft(w: common.Workload, batch: dict[str, np.ndarray], *, seed: int = 0):
-    """PEFT's MPT model, its AdamW and the batch as torch tensors, on GPU when present."""
-    import torch
-    from peft import MultitaskPromptTuningConfig, get_peft_model
-    from transformers import T5Config, T5ForConditionalGeneration
-
-    cfg = w.config
-    hf_config = T5Config(
-        vocab_size=cfg.vocab_size,
-        d_model=cfg.emb_dim,
-        d_kv=cfg.head_dim,
-        d_ff=cfg.mlp_dim,
-        num_layers=cfg.num_encoder_layers,
-        num_decoder_layers=cfg.num_decoder_layers,
-        num_heads=cfg.num_heads,
-        relative_attention_num_buckets=cfg.relative_attention_num_buckets,
-        relative_attention_max_distance=cfg.relative_attention_max_distance,
-        dropout_rate=cfg.dropout_rate,
-        layer_norm_epsilon=cfg.layer_norm_epsilon,
-        feed_forward_proj="gated-gelu",
-        tie_word_embeddings=False,
-        pad_token_id=0,
-        eos_token_id=1,
-        decoder_start_token_id=0,
-    )
-    torch.manual_seed(seed)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    base = T5ForConditionalGeneration(hf_config)
-    peft_config = MultitaskPromptTuningConfig(
-        num_virtual_tokens=w.prompt_length,
-        num_tasks=w.num_tasks,
-        num_ranks=w.rank,
-        num_transformer_submodules=1,
-        task_type="SEQ_2_SEQ_LM",
-    )
-    model = get_peft_model(base, peft_config).to(device)
-    model.train()
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(trainable, lr=1e-3)
-    tensors = {
-        "input_ids": torch.as_tensor(batch["encoder_input_tokens"], dtype=torch.long),
-        "attention_mask": torch.as_tensor(batch["encoder_input_tokens"] > 0, dtype=torch.long),
-        "labels": torch.as_tensor(batch["decoder_target_tokens"], dtype=torch.long),
-        "task_ids": torch.as_tensor(batch["task_ids"], dtype=torch.long),
-    }
-    tensors = {k: v.to(device) for k, v in tensors.items()}
-    return model, opt, tensors, device
+def tag(dtype: str, dropout: float) -> str:
+    """The figure-name part of one configuration, e.g. ``float32_dropout0.1``."""
+    return f"{dtype}_dropout{dropout:g}"
 
 
 class PeftStepper:
     """One PEFT training step (forward, backward, AdamW) per call, synchronised."""
 
-    def __init__(self, model, opt, tensors, device: str, dtype: str):
-        self.model, self.opt, self.tensors, self.device = model, opt, tensors, device
-        self.dtype = dtype
-        self.last_loss = float("nan")
+    def __init__(self, model, batch: dict[str, np.ndarray], dtype: str):
+        import torch
+
+        self.model, self.dtype = model, dtype
+        self.device = next(model.parameters()).device.type
+        self.tensors = hf_peer.torch_batch(batch, self.device)
+        self.opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+        self.loss = float("nan")
 
     def __call__(self) -> None:
         import torch
@@ -95,11 +72,64 @@ class PeftStepper:
         loss.backward()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
-        self.last_loss = float(loss.detach())  # host read: waits for the step
+        self.loss = float(loss.detach())  # host read: waits for the step
 
     @property
     def trainable_params(self) -> int:
         return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+
+
+def torch_device() -> str:
+    """``cuda`` when torch sees a GPU, else ``cpu``.
+
+    On a GPU, torch's float32 matmuls are allowed TF32 as JAX's default precision
+    allows it, so float32 compares like with like (the same-start check turns it off).
+    """
+    import torch
+
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        return "cuda"
+    return "cpu"
+
+
+def set_torch_threads(threads: int | None) -> int:
+    import torch
+
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+    return torch.get_num_threads()
+
+
+def peft_stepper(w: common.Workload, params, batch, device: str) -> PeftStepper:
+    """PEFT's step on a model holding ``params`` at ``w``'s dtype and dropout."""
+    return PeftStepper(hf_peer.peft_from_ours(w.config, params, w, device=device), batch, w.dtype)
+
+
+def alone(side: str, size: str, dtype: str, *, reps: int, warmup: int) -> dict[str, float]:
+    """One side's step timed with nothing else built in this process (dropout 0.1)."""
+    w = common.workload(size, dtype)
+    batch = common.make_batch(w)
+    if side == "ours":
+        fn = common.prompt_train_stepper(w, "mpt", batch=batch)
+    elif side == "peft":
+        set_torch_threads(None)
+        _, params = common.init_model(w, "mpt")
+        fn = peft_stepper(w, params, batch, torch_device())
+    else:
+        raise ValueError(f"side must be 'ours' or 'peft', got {side!r}")
+    t = common.alternate({side: fn}, reps=reps, warmup=warmup)[side]
+    return {"ex_per_s": w.batch / t.median, "median_s": t.median, "loss": fn.loss}
+
+
+def alone_in_fresh_process(side: str, size: str, dtype: str, *, reps: int, warmup: int):
+    """:func:`alone` in a fresh Python process (its figures as a dict)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cmd = [sys.executable, "-m", "benchmarks.bench_peft", "--alone", side, "--size", size,
+           "--dtypes", dtype, "--reps", str(reps), "--warmup", str(warmup)]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def run(
@@ -108,66 +138,111 @@ def run(
     reps: int = 10,
     warmup: int = 2,
     dtypes: tuple[str, ...] = common.DTYPES,
+    dropouts: tuple[float, ...] = DROPOUTS,
     threads: int | None = None,
+    alone_reps: int | None = None,
 ) -> dict[str, Any]:
-    """Examples/s of our step and PEFT's at each dtype, and ours / PEFT's.
+    """Same-start check, then examples/s of both sides per dtype and dropout, and ratios.
 
     Args:
       size: workload size.
       reps: alternating rounds.
       warmup: untimed steps per candidate.
       dtypes: precisions to compare (``float32``, ``bfloat16``).
+      dropouts: dropout rates to compare at.
       threads: torch threads (default: all cores).
-    """
-    import torch
+      alone_reps: rounds of each side alone in a fresh process (default ``reps``;
+        0 skips them).
 
-    torch.set_num_threads(threads or os.cpu_count() or 1)
-    base = common.workload(size)
+    Raises:
+      RuntimeError: the two models do not start at the same loss and logits.
+    """
+    torch_threads = set_torch_threads(threads)
+    device = torch_device()
+    base = common.workload(size, "float32")
     batch = common.make_batch(base)
+    model, params = common.init_model(base, "mpt")
+    peaks = common.matmul_peaks()
+
+    # The same start: same weights, same batch, no dropout, float32.
+    check_w = base.replace(dropout_rate=0.0)
+    check_peft = peft_stepper(check_w, params, batch, device)
+    start = hf_peer.same_start(model, params, check_peft.model, batch)
+    hf_peer.check_same_start(start)
+    figures: dict[str, float] = {f"same_start_{k}": v for k, v in start.items()}
+
     candidates: dict[str, Any] = {}
-    ours_trainable = None
+    flops: dict[str, float] = {}
     for dtype in dtypes:
-        w = base.replace(dtype=dtype)
-        ours = common.prompt_train_stepper(w, "mpt", batch=batch)
-        ours_trainable = common.tree_bytes(ours.state.params) // 4
-        peft = PeftStepper(*build_peft(w, batch), dtype=dtype)
-        candidates[f"ours_{dtype}"] = ours
-        candidates[f"peft_{dtype}"] = peft
+        for dropout in dropouts:
+            w = base.replace(dtype=dtype, dropout_rate=dropout)
+            ours = common.prompt_train_stepper(w, "mpt", batch=batch)
+            flops[tag(dtype, dropout)] = common.flops_of(ours.compile())
+            reuse = (dtype, dropout) == ("float32", 0.0)
+            peft = PeftStepper(check_peft.model, batch, dtype) if reuse else None
+            candidates[f"ours_{tag(dtype, dropout)}"] = ours
+            candidates[f"peft_{tag(dtype, dropout)}"] = peft or peft_stepper(
+                w, params, batch, device
+            )
     timings = common.alternate(candidates, reps=reps, warmup=warmup)
 
-    figures: dict[str, float] = {}
     ratios = []
     for dtype in dtypes:
-        ours_t, peft_t = timings[f"ours_{dtype}"], timings[f"peft_{dtype}"]
-        figures[f"ours_{dtype}_ex_per_s"] = base.batch / ours_t.median
-        figures[f"peft_{dtype}_ex_per_s"] = base.batch / peft_t.median
-        figures[f"ours_{dtype}_loss"] = candidates[f"ours_{dtype}"].loss
-        figures[f"peft_{dtype}_loss"] = candidates[f"peft_{dtype}"].last_loss
-        ratios.append(
-            common.ratio(
-                f"speedup_vs_peft_{dtype} (ours ex/s / PEFT ex/s)",
-                common.paired_ratio(peft_t, ours_t),
-                1.0,
-                ">=",
-            )
-        )
-    figures["trainable_params_ours"] = float(ours_trainable)
-    figures["trainable_params_peft"] = float(candidates[f"peft_{dtypes[0]}"].trainable_params)
+        for dropout in dropouts:
+            t = tag(dtype, dropout)
+            for side, backend in (("ours", "jax"), ("peft", "torch")):
+                name = f"{side}_{t}"
+                seconds = timings[name].median
+                gflops, frac = common.achieved(flops[t], seconds, peaks[f"{backend}_{dtype}"])
+                figures[f"{name}_ex_per_s"] = base.batch / seconds
+                figures[f"{name}_loss"] = candidates[name].loss
+                figures[f"{name}_gflops"] = gflops
+                figures[f"{name}_frac_of_{backend}_peak"] = frac
+            ratios.append(common.ratio(
+                f"speedup_vs_peft_{t} (ours ex/s / PEFT ex/s)",
+                common.paired_ratio(timings[f"peft_{t}"], timings[f"ours_{t}"]), 1.0, ">=",
+            ))  # fmt: skip
+            figures[f"gflop_per_step_{t}"] = flops[t] / 1e9
+    figures["trainable_params_ours"] = float(common.tree_bytes(params["prompt"]) // 4)
+    figures["trainable_params_peft"] = float(check_peft.trainable_params)
+
+    alone_reps = reps if alone_reps is None else alone_reps
+    if alone_reps:
+        for dtype in dtypes:
+            got = {
+                side: alone_in_fresh_process(side, size, dtype, reps=alone_reps, warmup=warmup)
+                for side in ("ours", "peft")
+            }
+            t = tag(dtype, base.dropout_rate)
+            for side in got:
+                figures[f"{side}_{t}_alone_ex_per_s"] = got[side]["ex_per_s"]
+            ratios.append(common.ratio(
+                f"speedup_vs_peft_{t}_alone (each in a fresh process)",
+                got["ours"]["ex_per_s"] / got["peft"]["ex_per_s"], 1.0, ">=",
+            ))  # fmt: skip
     return common.result(
-        "peft",
-        base,
-        figures,
-        ratios,
-        timings=timings,
-        torch_threads=torch.get_num_threads(),
-    )
+        "peft", base, figures, ratios, timings=timings, torch_threads=torch_threads,
+        torch_device=device, dropouts=list(dropouts), peaks=peaks,
+    )  # fmt: skip
 
 
 def main(argv=None) -> dict[str, Any]:
     p = common.arg_parser(__doc__.splitlines()[0])
     p.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated precisions")
+    p.add_argument("--dropouts", default="0.1,0", help="comma-separated dropout rates")
+    p.add_argument("--alone-reps", type=int, default=None, help="rounds alone (0: skip)")
+    p.add_argument("--alone", choices=("ours", "peft"), default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    res = run(args.size, reps=args.reps, warmup=args.warmup, dtypes=tuple(args.dtypes.split(",")))
+    dtypes = tuple(args.dtypes.split(","))
+    if args.alone:
+        got = alone(args.alone, args.size, dtypes[0], reps=args.reps, warmup=args.warmup)
+        print(json.dumps(got))
+        return got
+    res = run(
+        args.size, reps=args.reps, warmup=args.warmup, dtypes=dtypes,
+        dropouts=tuple(float(x) for x in args.dropouts.split(",")),
+        alone_reps=args.alone_reps,
+    )  # fmt: skip
     return common.finish(res, args.json)
 
 

@@ -22,9 +22,11 @@ from typing import Any
 from benchmarks import common
 
 
-def run(size: str = "mini", *, reps: int = 10, warmup: int = 2) -> dict[str, Any]:
+def run(
+    size: str = "mini", *, reps: int = 10, warmup: int = 2, dtype: str | None = None
+) -> dict[str, Any]:
     """Mixed/single-task and MPT/vanilla time ratios (targets: 1 ± 2%)."""
-    w = common.workload(size)
+    w = common.workload(size, dtype)
     mixed_batch = common.make_batch(w)
     single_batch = common.make_batch(w, task_ids=[0] * w.batch)
     candidates = {
@@ -49,7 +51,8 @@ def run(size: str = "mini", *, reps: int = 10, warmup: int = 2) -> dict[str, Any
 
 def main(argv=None) -> dict[str, Any]:
     args = common.arg_parser(__doc__.splitlines()[0]).parse_args(argv)
-    return common.finish(run(args.size, reps=args.reps, warmup=args.warmup), args.json)
+    res = run(args.size, reps=args.reps, warmup=args.warmup, dtype=args.dtype)
+    return common.finish(res, args.json)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
+import importlib.metadata
 import json
 import math
 import os
@@ -62,6 +64,7 @@ class Workload:
       num_tasks: tasks of the MPT prompt; a mixed batch cycles through them.
       rank: rank of MPT's task factors.
       dtype: ``float32`` or ``bfloat16`` (matmul operands; parameters stay float32).
+      dropout_rate: the backbone's dropout in train steps (T5 1.1 fine-tuning: 0.1).
     """
 
     size: str
@@ -72,6 +75,7 @@ class Workload:
     num_tasks: int = 4
     rank: int = 1
     dtype: str = "float32"
+    dropout_rate: float = 0.1
 
     def __post_init__(self):
         if self.size not in SIZES:
@@ -84,8 +88,10 @@ class Workload:
 
     @property
     def config(self) -> T5Config:
-        """The backbone config (T5 1.1 shapes, default dropout 0.1) at this dtype."""
-        return get_config(self.size, overrides={"dtype": self.dtype})
+        """The backbone config (T5 1.1 shapes) at this dtype and dropout."""
+        return get_config(
+            self.size, overrides={"dtype": self.dtype, "dropout_rate": self.dropout_rate}
+        )
 
     def replace(self, **changes: Any) -> Workload:
         return dataclasses.replace(self, **changes)
@@ -103,8 +109,17 @@ class Workload:
         }
 
 
-def workload(size: str, dtype: str = "float32") -> Workload:
-    """The reference workload at ``size``; ``tiny`` also shrinks batch and lengths."""
+def default_dtype() -> str:
+    """``bfloat16`` on an accelerator (where it is the way models train), else ``float32``."""
+    return "float32" if jax.default_backend() == "cpu" else "bfloat16"
+
+
+def workload(size: str, dtype: str | None = None) -> Workload:
+    """The reference workload at ``size``; ``tiny`` also shrinks batch and lengths.
+
+    ``dtype`` defaults to :func:`default_dtype` (float32 on CPU, bfloat16 on a GPU).
+    """
+    dtype = dtype or default_dtype()
     if size == "tiny":
         return Workload(
             size, batch=4, input_length=16, prompt_length=4, target_length=4, dtype=dtype
@@ -317,13 +332,101 @@ def step_figures(
     return figures
 
 
-def matmul_gflops(n: int = 2048, *, reps: int = 5, dtype=jnp.float32) -> float:
-    """The machine's measured dense matmul rate (GFLOP/s): median of ``[n, n] @ [n, n]``."""
-    a = jax.random.normal(jax.random.key(0), (n, n), dtype)
-    b = jax.random.normal(jax.random.key(1), (n, n), dtype)
-    mm = jax.jit(jnp.matmul)
-    timing = alternate({"mm": lambda: jax.block_until_ready(mm(a, b))}, reps=reps, warmup=1)
-    return 2 * n**3 / timing["mm"].median / 1e9
+def _rate(n: int, seconds: float) -> float:
+    return 2 * n**3 / seconds / 1e9
+
+
+def _peak(make: Callable[[int], Callable[[], Any]], n_max: int, reps: int) -> tuple[float, int]:
+    """``(GFLOP/s, n)`` of the largest ``[n, n]`` matmul (n ≤ ``n_max``) quick enough to time.
+
+    ``n`` doubles from 256 while one product takes under 50 ms, so a slow kernel (e.g.
+    bfloat16 on a CPU without native bfloat16) is timed at a size that finishes.
+    """
+    n = min(256, n_max)
+    while True:
+        fn = make(n)
+        fn()  # compile / warm up
+        start = time.perf_counter()
+        fn()
+        if n * 2 > n_max or time.perf_counter() - start > 0.05:
+            break
+        n *= 2
+    timing = alternate({"mm": fn}, reps=reps, warmup=0)
+    return _rate(n, timing["mm"].median), n
+
+
+def _jax_matmul(dtype, out_dtype=None) -> Callable[[int], Callable[[], Any]]:
+    def make(n: int):
+        a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+        b = jax.random.normal(jax.random.key(1), (n, n), dtype)
+        mm = jax.jit(lambda x, y: jnp.matmul(x, y, preferred_element_type=out_dtype))
+        return lambda: jax.block_until_ready(mm(a, b))
+
+    return make
+
+
+def _torch_matmul(dtype: str) -> Callable[[int], Callable[[], Any]]:
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    def make(n: int):
+        gen = torch.Generator(device="cpu").manual_seed(0)
+        a, b = (torch.randn(n, n, generator=gen).to(device, getattr(torch, dtype)) for _ in "ab")
+
+        def mm():
+            c = a @ b
+            if device == "cuda":
+                torch.cuda.synchronize()
+            return c
+
+        return mm
+
+    return make
+
+
+def default_matmul_n() -> int:
+    """Largest side of the peak-rate matmuls: 2048 on CPU, 8192 on an accelerator."""
+    return 2048 if jax.default_backend() == "cpu" else 8192
+
+
+@functools.cache
+def matmul_peaks(n: int | None = None, reps: int = 5) -> dict[str, float]:
+    """Each backend's dense matmul rate in both dtypes, measured now (GFLOP/s; cached).
+
+    Keys: ``jax_float32``, ``jax_bfloat16`` (the faster of bfloat16 → float32, as our
+    layers compute, and bfloat16 → bfloat16, both kept as ``jax_bfloat16_f32_out`` /
+    ``jax_bfloat16_bf16_out``), ``torch_float32`` and ``torch_bfloat16`` (bfloat16 out,
+    as autocast computes) when torch is installed; ``torch_threads``; ``n`` (the largest
+    side tried) and ``n_<key>``, the side each rate was measured at (see :func:`_peak`).
+    These are the limits each side's achieved GFLOP/s is set against
+    (:func:`achieved`).
+    """
+    n = n or default_matmul_n()
+    makers = {
+        "jax_float32": _jax_matmul(jnp.float32),
+        "jax_bfloat16_f32_out": _jax_matmul(jnp.bfloat16, jnp.float32),
+        "jax_bfloat16_bf16_out": _jax_matmul(jnp.bfloat16),
+    }
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    else:
+        makers.update({f"torch_{dtype}": _torch_matmul(dtype) for dtype in DTYPES})
+    peaks: dict[str, float] = {"n": float(n)}
+    for key, make in makers.items():
+        peaks[key], peaks[f"n_{key}"] = _peak(make, n, reps)
+    peaks["jax_bfloat16"] = max(peaks["jax_bfloat16_f32_out"], peaks["jax_bfloat16_bf16_out"])
+    if torch is not None:
+        peaks["torch_threads"] = float(torch.get_num_threads())
+    return peaks
+
+
+def achieved(flops: float, seconds: float, peak_gflops: float) -> tuple[float, float]:
+    """``(GFLOP/s, fraction of peak)`` of a step doing ``flops`` in ``seconds``."""
+    gflops = flops / seconds / 1e9
+    return gflops, gflops / peak_gflops
 
 
 def flops_of(compiled) -> float:
@@ -344,26 +447,65 @@ def tree_bytes(tree) -> int:
 # --- reporting ----------------------------------------------------------------------
 
 
-def machine_info() -> dict[str, Any]:
-    """Where the figures were taken: CPU, core count, load, devices, library versions."""
-    cpu = platform.processor()
+#: CPU flags that decide a matmul's speed (the whole list is in ``cpu_flags``).
+KEY_CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
+
+
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of ``/proc/cpuinfo`` (empty where there is none)."""
+    info: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
+                if not line.strip():
+                    break  # the first processor's block ends here
+                key, _, value = line.partition(":")
+                info[key.strip()] = value.strip()
     except OSError:
         pass
-    return {
-        "cpu": cpu,
+    return info
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def machine_info() -> dict[str, Any]:
+    """Where the figures were taken: CPU model and flags, threads, load, devices, versions.
+
+    Thread counts: ``cores`` (``os.cpu_count``), ``cores_usable`` (this process's
+    affinity), ``torch_threads`` (when torch is imported), and the environment variables
+    that change them (``XLA_FLAGS``, ``OMP_NUM_THREADS``).
+    """
+    info = _cpuinfo()
+    flags = info.get("flags", "").split()
+    device = jax.devices()[0]
+    out: dict[str, Any] = {
+        "cpu": info.get("model name", platform.processor()),
+        "cpu_family_model": f"{info.get('cpu family', '?')}/{info.get('model', '?')}",
+        "cpu_key_flags": [f for f in KEY_CPU_FLAGS if f in flags],
+        "cpu_flags": flags,
         "cores": os.cpu_count(),
+        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "env": {k: os.environ.get(k) for k in ("XLA_FLAGS", "OMP_NUM_THREADS", "JAX_PLATFORMS")},
         "jax_backend": jax.default_backend(),
+        "jax_default_matmul_precision": jax.config.jax_default_matmul_precision,
         "jax_devices": [str(d) for d in jax.devices()],
-        "jax": jax.__version__,
+        "device": f"{jax.default_backend()}: {getattr(device, 'device_kind', device.platform)}",
         "python": sys.version.split()[0],
     }
+    for package in ("jax", "jaxlib", "flax", "torch", "transformers", "peft"):
+        out[package] = _version(package)
+    if "torch" in sys.modules:
+        torch = sys.modules["torch"]
+        out["torch_threads"] = torch.get_num_threads()
+        out["torch_device"] = "cuda" if torch.cuda.is_available() else "cpu"
+        out["torch_allow_tf32"] = bool(torch.backends.cuda.matmul.allow_tf32)
+    return out
 
 
 def ratio(name: str, value: float, target: float | None = None, op: str = "<=") -> dict:
@@ -386,17 +528,21 @@ def result(
     figures: dict[str, float],
     ratios: list[dict],
     timings: Mapping[str, Timing] | None = None,
+    peaks: Mapping[str, float] | None = None,
     **extra,
 ) -> dict[str, Any]:
     """The dict every benchmark returns (and writes with ``--json``).
 
     ``timings`` (from :func:`alternate`) are stored summarised, with examples/s at
-    ``w.batch``.
+    ``w.batch``. ``machine`` says where it ran; ``matmul_peaks_gflops`` holds each
+    backend's matmul rates measured in this process (``peaks``, by default
+    :func:`matmul_peaks` at its default size).
     """
     res = {
         "benchmark": benchmark,
         "workload": None if w is None else w.describe(),
         "machine": machine_info(),
+        "matmul_peaks_gflops": dict(matmul_peaks() if peaks is None else peaks),
         "figures": figures,
         "ratios": ratios,
         **extra,
@@ -407,11 +553,22 @@ def result(
     return res
 
 
+#: The peaks the tables show (backend_dtype).
+PEAK_KEYS = ("jax_float32", "jax_bfloat16", "torch_float32", "torch_bfloat16")
+
+
 def print_result(res: Mapping[str, Any]) -> None:
     """Human-readable lines: absolute figures, then ratios against their targets."""
     print(f"== {res['benchmark']} ==")
     m = res["machine"]
-    print(f"   {m['cpu']} | {m['cores']} cores | load {m['load_avg_1m']} | {m['jax_backend']}")
+    print(
+        f"   {m['cpu']} ({' '.join(m['cpu_key_flags'])}) | {m['cores']} cores | "
+        f"load {m['load_avg_1m']} | {m['device']}"
+    )
+    peaks = res.get("matmul_peaks_gflops", {})
+    print("   matmul peaks (GFLOP/s): " + ", ".join(
+        f"{k} {v:.0f}" for k, v in peaks.items() if k in PEAK_KEYS
+    ))  # fmt: skip
     for name, value in res["figures"].items():
         print(f"   {name:40s} {value:12.4g}")
     for r in res["ratios"]:
@@ -426,6 +583,10 @@ def arg_parser(description: str, *, default_reps: int = 10) -> argparse.Argument
     p.add_argument("--size", choices=SIZES, default="mini", help="backbone size (default mini)")
     p.add_argument("--reps", type=int, default=default_reps, help="timed rounds (medians)")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls per candidate first")
+    p.add_argument(
+        "--dtype", choices=DTYPES, default=None,
+        help="matmul dtype (default: float32 on CPU, bfloat16 on a GPU)",
+    )  # fmt: skip
     p.add_argument("--json", default=None, help="write the result dict to this file")
     return p
 

@@ -23,15 +23,51 @@ def _fmt(value: float) -> str:
     return f"{value:.3g}"
 
 
+#: Peak columns of the table: backend_dtype -> header.
+_PEAKS = {
+    "jax_float32": "JAX f32",
+    "jax_bfloat16": "JAX bf16",
+    "torch_float32": "torch f32",
+    "torch_bfloat16": "torch bf16",
+}
+
+
+def machine_line(machine: Mapping[str, Any]) -> str:
+    """One sentence: CPU (key flags), cores, device, library versions."""
+    flags = " ".join(machine.get("cpu_key_flags", [])) or "no AVX-512/AMX"
+    libs = ", ".join(
+        f"{k} {machine[k]}" for k in ("jax", "torch", "transformers", "peft") if machine.get(k)
+    )
+    return (
+        f"{machine.get('cpu', '?')} (family/model {machine.get('cpu_family_model', '?')}; "
+        f"{flags}), {machine.get('cores', '?')} cores, device `{machine.get('device', '?')}`; "
+        f"{libs}"
+    )
+
+
 def markdown(combined: Mapping[str, Any]) -> str:
-    """Markdown: where and how it ran, every ratio against its target, every figure."""
+    """Markdown: where and how it ran, the matmul peaks, every ratio, every figure."""
     results = combined["results"]
     machine = next(iter(results.values()))["machine"] if results else {}
     lines = [
         f"Size `{combined['size']}`, {combined['reps']} alternating rounds per figure (medians); "
-        f"{machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, "
-        f"backend `{machine.get('jax_backend', '?')}`, jax {machine.get('jax', '?')}; "
-        f"run {combined.get('started', '?')}, {combined.get('total_wall_s', 0):.0f} s in all.",
+        f"{machine_line(machine)}; run {combined.get('started', '?')}, "
+        f"{combined.get('total_wall_s', 0):.0f} s in all.",
+        "",
+        "Matmul peaks measured in each benchmark's process (GFLOP/s, "
+        "`[n, n] @ [n, n]`; achieved rates below are fractions of these):",
+        "",
+        "| benchmark | n | " + " | ".join(_PEAKS.values()) + " | load (1 min) |",
+        "|---|---|" + "---|" * len(_PEAKS) + "---|",
+    ]
+    for name, res in results.items():
+        peaks = res.get("matmul_peaks_gflops", {})
+        cells = [_fmt(peaks[k]) if k in peaks else "" for k in _PEAKS]
+        load = res["machine"].get("load_avg_1m")
+        load = "" if load is None else f"{load:.1f}"
+        n = f"{peaks['n']:.0f}" if "n" in peaks else ""
+        lines.append(f"| {name} | {n} | " + " | ".join(cells) + f" | {load} |")
+    lines += [
         "",
         "| benchmark | ratio (side by side) | value | target | met |",
         "|---|---|---|---|---|",

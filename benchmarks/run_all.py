@@ -3,7 +3,8 @@
     python -m benchmarks.run_all --size mini --json results.json
 
 writes ``results.json`` (every benchmark's dict plus wall times), ``results.md`` next to
-it (the markdown table, see :func:`benchmarks.plot.markdown`) and
+it (the tables: each benchmark's matmul peaks, ratios, figures; see
+:func:`benchmarks.plot.markdown`) and
 ``benchmarks/results.png``. Each benchmark runs in a fresh subprocess so one does not
 inherit another's heap, threads or compiled programs. ``compile`` measures ``mini`` and
 ``small`` whenever ``--size`` is not ``tiny``, and ``limits_small`` repeats ``limits`` at

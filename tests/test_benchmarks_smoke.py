@@ -1,7 +1,10 @@
 """Each benchmark's code path runs once at the tiny size and reports sane figures.
 
 No timing is asserted (the machine is shared); the tests pin what does not depend on
-the clock: every figure is finite and positive, parameter and optimizer-state counts
+the clock: PEFT's model starts at our loss and logits on our weights (and the check
+catches a tied output layer), every result records the machine and each backend's
+matmul peaks, achieved rates are the flop counts over the times and fractions of
+those peaks, every figure is finite and positive, parameter and optimizer-state counts
 match their formulas, XLA's flop counts order as forward < prompt step < full step,
 and the table/plot writers accept the collected results.
 """
@@ -26,6 +29,7 @@ from benchmarks import (  # noqa: E402
     bench_peft,
     bench_routing,
     common,
+    hf_peer,
     plot,
     run_all,
 )
@@ -40,10 +44,25 @@ def check_result(res, benchmark):
     assert res["benchmark"] == benchmark
     assert res["figures"], "no figures reported"
     for name, value in res["figures"].items():
-        assert math.isfinite(value) and value > 0, f"{benchmark}: {name} = {value}"
+        # Differences may be exactly 0; everything else is a positive amount.
+        ok = value >= 0 if name.endswith("_diff") else value > 0
+        assert math.isfinite(value) and ok, f"{benchmark}: {name} = {value}"
     for r in res["ratios"]:
         assert math.isfinite(r["value"]) and r["value"] > 0, f"{benchmark}: {r}"
         assert r["met"] is None or isinstance(r["met"], bool)
+    # Every result says where it ran and what the machine's matmuls reach there.
+    machine = res["machine"]
+    assert machine["jax"] == jax.__version__ and machine["device"].startswith("cpu")
+    assert machine["cores"] >= 1 and machine["cpu"]
+    if os.path.exists("/proc/cpuinfo"):
+        assert machine["cpu_flags"], "CPU flags not recorded"
+        assert set(machine["cpu_key_flags"]) <= set(machine["cpu_flags"])
+    peaks = res["matmul_peaks_gflops"]
+    for key in ("jax_float32", "jax_bfloat16", "torch_float32", "torch_bfloat16"):
+        assert math.isfinite(peaks[key]) and peaks[key] > 0, (benchmark, key, peaks)
+    assert peaks["jax_bfloat16"] == max(
+        peaks["jax_bfloat16_f32_out"], peaks["jax_bfloat16_bf16_out"]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -52,15 +71,86 @@ def results():
 
 
 def test_peft(results):
-    res = bench_peft.run("tiny", reps=1, warmup=1)
+    res = bench_peft.run("tiny", reps=1, warmup=1, alone_reps=0)
     check_result(res, "peft")
-    assert res["figures"]["trainable_params_ours"] == MPT_PARAMS
-    assert res["figures"]["trainable_params_peft"] == MPT_PARAMS
-    assert {r["name"].split(" ")[0] for r in res["ratios"]} == {
-        "speedup_vs_peft_float32",
-        "speedup_vs_peft_bfloat16",
-    }
+    f = res["figures"]
+    # Both sides start at the same loss and logits on the same weights, and that loss
+    # is T5 1.1's (≈ ln vocab: logits std ≈ 1), not a tied head's (std ≈ sqrt(d)).
+    assert f["same_start_abs_loss_diff"] <= hf_peer.TOLERANCE
+    assert f["same_start_max_abs_logit_diff"] <= hf_peer.TOLERANCE
+    assert f["same_start_abs_loss_diff"] == abs(
+        f["same_start_ours_loss"] - f["same_start_peft_loss"]
+    )
+    vocab = W.config.vocab_size
+    assert abs(f["same_start_ours_loss"] - math.log(vocab)) < 1.5
+    assert 0.3 < f["same_start_logit_std"] < 3.0
+    assert f["trainable_params_ours"] == MPT_PARAMS
+    assert f["trainable_params_peft"] == MPT_PARAMS
+    tags = [f"{d}_dropout{p}" for d in ("float32", "bfloat16") for p in ("0.1", "0")]
+    assert [r["name"].split(" ")[0] for r in res["ratios"]] == [
+        f"speedup_vs_peft_{t}" for t in tags
+    ]
+    peaks = res["matmul_peaks_gflops"]
+    for t in tags:
+        dtype = t.split("_")[0]
+        for side, backend in (("ours", "jax"), ("peft", "torch")):
+            # Achieved = our step's XLA flops over the side's median time; the fraction
+            # is of the side's own backend's peak in that dtype.
+            gflops = f[f"gflop_per_step_{t}"] / res["timings"][f"{side}_{t}"]["median_s"]
+            np.testing.assert_allclose(f[f"{side}_{t}_gflops"], gflops, rtol=1e-9)
+            np.testing.assert_allclose(
+                f[f"{side}_{t}_frac_of_{backend}_peak"],
+                gflops / peaks[f"{backend}_{dtype}"],
+                rtol=1e-9,
+            )
+    # Dropout 0 does less work than dropout 0.1 (no random draws).
+    assert f["gflop_per_step_float32_dropout0"] <= f["gflop_per_step_float32_dropout0.1"]
     results["peft"] = res
+
+
+def test_same_start_check_catches_a_tied_output_layer():
+    """The bug of issue 17: transformers 5 ties lm_head to shared; the check refuses it."""
+    import torch
+
+    model, params = common.init_model(W, "mpt")
+    batch = common.make_batch(W)
+    peft_model = hf_peer.peft_from_ours(W.config, params, W)
+    ok = hf_peer.same_start(model, params, peft_model, batch)
+    hf_peer.check_same_start(ok)
+    base = peft_model.get_base_model()
+    base.lm_head.weight = torch.nn.Parameter(base.shared.weight.detach().clone())
+    bad = hf_peer.same_start(model, params, peft_model, batch)
+    assert bad["abs_loss_diff"] > 100 * hf_peer.TOLERANCE
+    with pytest.raises(RuntimeError, match="same loss"):
+        hf_peer.check_same_start(bad)
+
+
+def test_hf_state_dict_inverts_the_converter():
+    _, params = common.init_model(W, "mpt")
+    backbone = {k: v for k, v in params.items() if k != "prompt"}
+    sd = hf_peer.hf_state_dict(backbone, W.config)  # checks the round trip itself
+    # [out, in] weights: the transpose of our [in, out] kernels.
+    np.testing.assert_array_equal(
+        sd["decoder.block.0.layer.1.EncDecAttention.k.weight"],
+        np.asarray(backbone["decoder"]["layers_0"]["encoder_decoder_attention"]["key"]["kernel"]).T,
+    )
+    assert sd["lm_head.weight"].shape == (W.config.vocab_size, W.config.emb_dim)
+
+
+def test_peft_alone_in_its_process():
+    for side in ("ours", "peft"):
+        got = bench_peft.main(["--alone", side, "--size", "tiny", "--reps", "1", "--warmup", "1"])
+        assert got["ex_per_s"] > 0 and math.isfinite(got["loss"])
+
+
+def test_gpu_defaults(monkeypatch):
+    """On a GPU the workload trains in bfloat16 and the peak matmul is larger."""
+    assert common.default_dtype() == "float32" and common.workload("tiny").dtype == "float32"
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert common.default_dtype() == "bfloat16"
+    assert common.workload("mini").dtype == "bfloat16"
+    assert common.workload("mini", "float32").dtype == "float32"
+    assert common.default_matmul_n() == 8192
 
 
 def test_limits(results):
@@ -70,6 +160,26 @@ def test_limits(results):
     # The prompt step adds a backward pass without weight gradients: more work than a
     # forward, less than a full fine-tuning step.
     assert f["forward_gflop_per_step"] < f["train_gflop_per_step"] < f["full_gflop_per_step"]
+    peak = res["matmul_peaks_gflops"]["jax_float32"]
+    assert res["matmul_peaks_gflops"]["n"] == 128 and f["matmul_peak_jax_float32_gflops"] == peak
+    for name in ("train", "forward", "full"):
+        np.testing.assert_allclose(
+            f[f"{name}_gflops_achieved"],
+            f[f"{name}_gflop_per_step"] / res["timings"][name]["median_s"],
+            rtol=1e-9,
+        )
+        np.testing.assert_allclose(
+            f[f"{name}_frac_of_jax_peak"], f[f"{name}_gflops_achieved"] / peak
+        )
+    (frac,) = [r for r in res["ratios"] if r["name"] == "train_gflops_over_matmul_peak"]
+    assert frac["value"] == f["train_frac_of_jax_peak"] and frac["target"] == 0.75
+    # The matmul floor counts the step's dots from its jaxpr: most of XLA's flops (the
+    # rest is elementwise work), never more.
+    assert 0.5 * f["train_gflop_per_step"] < f["train_matmul_gflop"] <= f["train_gflop_per_step"]
+    (over,) = [r for r in res["ratios"] if r["name"].startswith("train_over_matmul_floor")]
+    np.testing.assert_allclose(
+        over["value"], res["timings"]["train"]["median_s"] / f["train_matmul_floor_s"]
+    )
     results["limits"] = res
 
 
@@ -133,7 +243,9 @@ def test_table_and_plot(results, tmp_path):
     n_ratios = sum(len(r["ratios"]) for r in results.values())
     n_figures = sum(len(r["figures"]) for r in results.values())
     rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
-    assert len(rows) == n_ratios + n_figures + 2  # two header rows
+    # One peaks row per benchmark, one row per ratio and figure, three header rows.
+    assert len(rows) == len(results) + n_ratios + n_figures + 3
+    assert "JAX f32" in table and next(iter(results.values()))["machine"]["cpu"] in table
     png = tmp_path / "results.png"
     plot.plot(combined, str(png))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -172,3 +284,25 @@ def test_t5x_benchmark_skips_cleanly_without_t5x(capsys):
     for binding in ("EMBED_DIM = 256", "NUM_ENCODER_LAYERS = 4", "PROMPT_LENGTH = 100",
                     "seqio.PassThroughVocabulary.size = 32128"):  # fmt: skip
         assert binding in text
+
+
+def test_matmul_floor_counts_each_dot_and_its_flops():
+    import jax.numpy as jnp
+
+    from benchmarks import matmul_floor
+
+    w = jnp.ones((4, 5))
+
+    def f(x, y):
+        scanned, _ = jax.lax.scan(lambda c, _: (c @ jnp.ones((4, 4)), None), x, None, length=3)
+        return jnp.einsum("bmk,bkn->bmn", y, y.swapaxes(1, 2)), scanned @ w
+
+    dots = matmul_floor.dots_of(f, jnp.ones((2, 4)), jnp.ones((6, 3, 4)))
+    by_shape = {(d.lhs, d.rhs): (n, d.flops) for d, n in dots.items()}
+    assert by_shape[((2, 4), (4, 4))] == (3, 2 * 2 * 4 * 4)  # the scan body, 3 times
+    assert by_shape[((2, 4), (4, 5))] == (1, 2 * 2 * 5 * 4)
+    (batched,) = [v for (lhs, _), v in by_shape.items() if lhs == (6, 3, 4)]
+    assert batched == (1, 2 * 6 * 3 * 3 * 4)  # batch 6, [3, 4] @ [4, 3]
+    got = matmul_floor.floor(dots, reps=1)
+    assert got["count"] == 5 and got["distinct"] == 3
+    assert got["matmul_gflop"] == (3 * 64 + 80 + 432) / 1e9 and got["floor_s"] > 0
