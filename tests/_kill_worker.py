@@ -43,8 +43,8 @@ from mpt_jax.backbone import get_config
 from mpt_jax.data import synthetic
 from mpt_jax.model import PromptedT5
 from mpt_jax.prompts.generators import MultitaskPrompt
+from mpt_jax.training import actions, make_optimizer, split_params, task_loss_fn
 from mpt_jax.training import loop as loop_lib
-from mpt_jax.training import make_optimizer, split_params, task_loss_fn
 from mpt_jax.training.checkpoints import Checkpointer
 
 TASKS = ("source_0", "source_1")
@@ -126,8 +126,9 @@ def run(model_dir: str | None, *, num_steps: int, checkpoint_every: int = 3, see
     _, loss_fn, tx, frozen = model_and_objective()
     return loop_lib.train_loop(
         loss_fn, tx, initial_prompt(seed), frozen, batches(data_seed), task_names=TASKS,
-        model_dir=model_dir, num_steps=num_steps, seed=seed, checkpoint_every=checkpoint_every,
-        keep_checkpoints=None, log_every=1, progress_bar=False, backbone="random:0",
+        model_dir=model_dir, num_steps=num_steps, seed=seed, log_every=1, backbone="random:0",
+        actions=[actions.NonFinite(), actions.Checkpoint(every=checkpoint_every, keep=None),
+                 actions.Console(progress_bar=False), actions.StopOnSignal()],
     )  # fmt: skip
 
 
