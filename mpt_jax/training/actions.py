@@ -361,9 +361,13 @@ class Evaluate(Action):
 
 
 def _command_line() -> str:
+    """This process's command line (``mpt-jax ...``; a script run by Python gets the
+    interpreter in front)."""
     argv = list(sys.argv)
     if argv and os.path.basename(argv[0]) == "mpt-jax":
         argv[0] = "mpt-jax"
+    elif argv and argv[0].endswith(".py"):
+        argv.insert(0, sys.executable)
     return shlex.join(argv)
 
 
@@ -524,7 +528,6 @@ class PromptScale(Action):
                        f"({source}): {shown}. A prompt this large drowns the input; lower the "
                        "learning rate or check the optimizer's parameter scaling "
                        "(warned once per run)")  # fmt: skip
-            log.warning(message)
             run.echo(message)
 
 
