@@ -548,8 +548,9 @@ class Console(Action):
     A line reads ``step 40/100  loss 1.234 (task_a 1.1, task_b 1.4)  lr 0.3  9.1 steps/s
     ETA 0:00:07``: the record's loss (mean since the last line), the per-task losses when
     the objective reports them, the learning rate when the optimizer state holds it
-    (``optax.inject_hyperparams``), steps/s since the end of the first step (its compile
-    time excluded) and the ETA from that rate. The first step's time (compile included)
+    (``optax.inject_hyperparams``), the largest RMS of a task's prompt, the training
+    steps/s since the first step (compile and evaluation time excluded) and the ETA at
+    that rate. The first step's time (compile included)
     is printed on its own.
 
     Args:

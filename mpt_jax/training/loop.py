@@ -27,9 +27,9 @@ Records. ``loss`` and the objective's other scalars (means over the record's fin
 steps), ``loss/<task>`` when the objective reports per-example sums ``example_loss`` and
 ``example_weight`` (``[batch]``: Σ of the token losses and of their weights), the learning
 rate(s) the optimizer state holds (``optax.inject_hyperparams``), ``skipped_steps``,
-``steps_per_second`` (from the end of this process's first step: compile time excluded;
-that first step's own time is ``first_step_seconds``), plus what actions add
-(``prompt_rms/...``).
+``steps_per_second`` (the time of data and steps since this process's first step: its
+compile time and the actions' time, evaluations included, are excluded; the first step's
+own time is ``first_step_seconds``), plus what actions add (``prompt_rms/...``).
 
 Nothing is written before the first step has run: ``on_started`` (the caller's run files,
 e.g. ``task_index.json``) is called then, and the metrics and checkpoint folders appear
@@ -276,8 +276,9 @@ def _steps(run: Run, actions, loss_fn, tx, batches, seed, rng_impl, on_started) 
     step_fn = _compiled_train_step(loss_fn, tx, mesh)
     window = _Window(run.task_names)
     iterator = iter(batches(run.data_position))
-    first_step, t_first, t0 = None, 0.0, time.perf_counter()
+    first_step, first_seconds, train_seconds = None, 0.0, 0.0
     for step in range(run.start_step + 1, run.num_steps + 1):
+        t0 = time.perf_counter()
         try:
             batch = next(iterator)
         except StopIteration:
@@ -290,22 +291,24 @@ def _steps(run: Run, actions, loss_fn, tx, batches, seed, rng_impl, on_started) 
         run.state, metrics = step_fn(run.state, run.frozen, mesh_lib.shard_batch(batch, mesh), rng)
         run.data_position += 1
         run.batch, run.scalars = batch, {}
-        metrics = jax.device_get(metrics)
+        metrics = jax.device_get(metrics)  # waits for the step: its time ends here
+        if first_step is None:
+            first_step, first_seconds = step, time.perf_counter() - t0
+        else:
+            train_seconds += time.perf_counter() - t0
         for action in actions:
             action.after_step(run, step, metrics)
-        if first_step is None:  # the run has started for real: its files may be written
-            first_step, t_first = step, time.perf_counter()
-            if on_started is not None:
-                on_started()
+        if step == first_step and on_started is not None:
+            on_started()  # the run has started for real: its files may be written
         window.add(metrics, batch)
         if run.is_log_step(step):
             record = window.record()
             record.update(learning_rates(run.state.opt_state), **run.scalars)
             record["skipped_steps"] = len(run.skipped_steps)
             if step == first_step:
-                record["first_step_seconds"] = t_first - t0
+                record["first_step_seconds"] = first_seconds
             else:
-                record["steps_per_second"] = (step - first_step) / (time.perf_counter() - t_first)
+                record["steps_per_second"] = (step - first_step) / max(train_seconds, 1e-9)
             record = run.writer.write(step, record, kind="train")
             for action in actions:
                 action.on_log(run, step, record)

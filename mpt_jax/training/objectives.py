@@ -55,11 +55,24 @@ def _apply_kwargs(rng: jax.Array | None) -> dict[str, Any]:
     return {"enable_dropout": True, "rngs": {"dropout": rng}}
 
 
+def _example_sums(logits: jax.Array, batch: Batch) -> dict[str, jax.Array]:
+    """Per-example token cross-entropy sums and weights ``[batch]`` (the loop turns them
+    into per-task losses with the batch's ``task_ids``)."""
+    per_example = jax.vmap(losses.cross_entropy_with_logits)
+    ce, _, weight = per_example(
+        logits[:, None],
+        batch["decoder_target_tokens"][:, None],
+        batch["decoder_loss_weights"][:, None],
+    )
+    return {"example_loss": ce, "example_weight": weight}
+
+
 @gin.configurable(denylist=["model"])
 def task_loss_fn(model: nn.Module, *, z_loss: float = 0.0) -> LossFn:
     """Token cross-entropy of ``model`` (a ``PromptedT5``) on the batch's targets.
 
-    Metrics: ``loss``, ``z_loss``, ``num_tokens`` (``Σ decoder_loss_weights``).
+    Metrics: ``loss``, ``z_loss``, ``num_tokens`` (``Σ decoder_loss_weights``), and the
+    per-example ``example_loss`` / ``example_weight`` ``[batch]`` (per-task losses).
     """
 
     def loss_fn(prompt_params, frozen, batch, rng):
@@ -70,7 +83,8 @@ def task_loss_fn(model: nn.Module, *, z_loss: float = 0.0) -> LossFn:
         )
         denom = jnp.maximum(w_sum, 1e-8)
         loss = ce_sum / denom
-        return loss, {"loss": loss, "z_loss": z_sum / denom, "num_tokens": w_sum}
+        metrics = {"loss": loss, "z_loss": z_sum / denom, "num_tokens": w_sum}
+        return loss, {**metrics, **_example_sums(logits, batch)}
 
     return loss_fn
 
@@ -94,7 +108,8 @@ def distillation_loss_fn(
     See :func:`mpt_jax.training.losses.distillation_loss` for the defaults and what
     ``hidden_states`` selects (λ = 0.9 is recalled from the paper, not verified).
 
-    Metrics: ``loss``, ``task_loss``, ``kl``, ``mse``, ``z_loss``, ``num_tokens``.
+    Metrics: ``loss``, ``task_loss``, ``kl``, ``mse``, ``z_loss``, ``num_tokens``, and the
+    student's per-example ``example_loss`` / ``example_weight`` ``[batch]``.
     """
     if hidden_states not in losses.HIDDEN_CHOICES:
         raise ValueError(
@@ -128,7 +143,8 @@ def distillation_loss_fn(
             hidden_states=hidden_states,
             z_loss=z_loss,
         )
-        metrics = {**metrics, "loss": loss, "num_tokens": jnp.sum(batch["decoder_loss_weights"])}
+        metrics = {**metrics, "loss": loss, "num_tokens": jnp.sum(batch["decoder_loss_weights"]),
+                   **_example_sums(s_logits, batch)}  # fmt: skip
         return loss, metrics
 
     return loss_fn
