@@ -403,8 +403,11 @@ class StopOnSignal(Action):
         def handler(signum, frame):
             run.stop_signal = signum
             signal.signal(signum, self._previous.pop(signum, signal.SIG_DFL))
-            run.echo(f"{signal.Signals(signum).name}: stopping after the current step "
-                     "(saving a checkpoint); send it again to stop at once")  # fmt: skip
+            # os.write, not print: a handler may interrupt a print (reentrant buffer).
+            name = signal.Signals(signum).name
+            message = (f"\n{name}: stopping after the current step (saving a checkpoint); "
+                       "send it again to stop at once\n")  # fmt: skip
+            os.write(2, message.encode())
 
         for signum in self.signums:
             self._previous[signum] = signal.signal(signum, handler)
