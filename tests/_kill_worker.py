@@ -18,6 +18,9 @@ then announce it in ``--signal`` and wait there to be SIGKILLed::
 - ``--block-in-checkpoint K``: orbax has written every item of step ``K``'s checkpoint
   into its temporary directory and is about to rename it into place: the process is
   killed mid-write.
+- ``--pause-after-step K``: like ``--block-after-step``, but the worker goes on once the
+  test removes ``--signal`` (after sending SIGINT/SIGTERM: the loop then saves step ``K``
+  and exits with 128 + the signal).
 
 The blocking is done by wrapping library functions *in this process only* (the loop's
 compiled step and orbax's atomic rename); the library carries no test hooks.
@@ -43,8 +46,8 @@ from mpt_jax.backbone import get_config
 from mpt_jax.data import synthetic
 from mpt_jax.model import PromptedT5
 from mpt_jax.prompts.generators import MultitaskPrompt
+from mpt_jax.training import actions, make_optimizer, split_params, task_loss_fn
 from mpt_jax.training import loop as loop_lib
-from mpt_jax.training import make_optimizer, split_params, task_loss_fn
 from mpt_jax.training.checkpoints import Checkpointer
 
 TASKS = ("source_0", "source_1")
@@ -126,8 +129,9 @@ def run(model_dir: str | None, *, num_steps: int, checkpoint_every: int = 3, see
     _, loss_fn, tx, frozen = model_and_objective()
     return loop_lib.train_loop(
         loss_fn, tx, initial_prompt(seed), frozen, batches(data_seed), task_names=TASKS,
-        model_dir=model_dir, num_steps=num_steps, seed=seed, checkpoint_every=checkpoint_every,
-        keep_checkpoints=None, log_every=1, progress_bar=False, backbone="random:0",
+        model_dir=model_dir, num_steps=num_steps, seed=seed, log_every=1, backbone="random:0",
+        actions=[actions.NonFinite(), actions.Checkpoint(every=checkpoint_every, keep=None),
+                 actions.Console(progress_bar=False), actions.StopOnSignal()],
     )  # fmt: skip
 
 
@@ -155,6 +159,15 @@ def _announce_and_wait(signal_file: str, what: str) -> None:
         time.sleep(60)
 
 
+def _announce_and_pause(signal_file: str, what: str) -> None:
+    with open(signal_file + ".part", "w") as f:
+        f.write(what)
+    os.replace(signal_file + ".part", signal_file)
+    deadline = time.monotonic() + 300
+    while os.path.exists(signal_file) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the signal handler runs here, between two sleeps
+
+
 def _install_blocks(args) -> None:
     real_compiled = loop_lib._compiled_train_step
 
@@ -167,6 +180,8 @@ def _install_blocks(args) -> None:
             _append(args.events, f"step {step}")
             if step == args.block_after_step:
                 _announce_and_wait(args.signal, f"in step {step}")
+            if step == args.pause_after_step:
+                _announce_and_pause(args.signal, f"in step {step}")
             return out
 
         return logged_step
@@ -209,6 +224,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--signal", default=None)
     parser.add_argument("--block-after-step", type=int, default=None)
     parser.add_argument("--block-in-checkpoint", type=int, default=None)
+    parser.add_argument("--pause-after-step", type=int, default=None)
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     _install_blocks(args)

@@ -46,7 +46,7 @@ def _loop(batches, *, model_dir=None, prompt=None, task_names=worker.TASKS, num_
     _, loss_fn, tx, frozen = worker.model_and_objective()
     return train_loop(
         loss_fn, tx, worker.initial_prompt(0) if prompt is None else prompt, frozen, batches,
-        task_names=task_names, model_dir=model_dir, num_steps=num_steps, progress_bar=False,
+        task_names=task_names, model_dir=model_dir, num_steps=num_steps,
     )  # fmt: skip
 
 

@@ -13,6 +13,7 @@ starts. Prompt and optimizer state must be bitwise equal.
 """
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -34,14 +35,17 @@ TIMEOUT_S = 300  # a loaded 2-core machine; a healthy worker needs well under a 
 def _start(model_dir, events, *extra):
     cmd = [sys.executable, WORKER, model_dir, "--num-steps", str(NUM_STEPS),
            "--checkpoint-every", str(EVERY), "--events", events, *extra]  # fmt: skip
+    log = open(events + ".log", "a")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(events), stdout=log, stderr=subprocess.STDOUT)
+    return proc, log
+
+
+def _env(events):
     # The workers share a persistent compilation cache: only the first one compiles (a
     # restarted pod with a cache on disk does the same).
-    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": os.path.join(os.path.dirname(events), "jax"),
-           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-           "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}  # fmt: skip
-    log = open(events + ".log", "a")
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    return proc, log
+    return {**os.environ, "JAX_COMPILATION_CACHE_DIR": os.path.join(os.path.dirname(events), "jax"),
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}  # fmt: skip
 
 
 def _kill_when_signalled(proc, signal_file, log):
@@ -119,6 +123,62 @@ def runs(tmp_path_factory):
                 proc.wait()
     record["ckpt_dir"], record["model_dir"] = ckpt_dir, model_dir
     return record
+
+
+@pytest.fixture(scope="module")
+def signalled(runs, tmp_path_factory):
+    """A run stopped by SIGINT while step 4 is in flight (checkpoint period 3), then the
+    printed resume command run to the end."""
+    tmp = tmp_path_factory.mktemp("signal")
+    model_dir, events, sig = str(tmp / "run"), str(tmp / "events"), str(tmp / "signal")
+    proc, log = _start(model_dir, events, "--pause-after-step", "4", "--signal", sig)
+    try:
+        deadline = time.monotonic() + TIMEOUT_S
+        while not os.path.exists(sig):
+            assert proc.poll() is None, open(log.name).read()[-3000:]
+            assert time.monotonic() < deadline, "worker did not reach step 4 in time"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGINT)
+        time.sleep(0.5)  # the handler runs between two of the worker's sleeps
+        os.remove(sig)
+        returncode = proc.wait(timeout=TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+    output = open(log.name).read()
+    first = _events(events)
+    ckpt = Checkpointer(os.path.join(model_dir, CHECKPOINT_SUBDIR))
+    steps = ckpt.all_steps()
+    ckpt.close()
+    command = output.split("Resume with the same command:\n")[-1].splitlines()[0].strip()
+    out = str(tmp / "final.npz")
+    resumed = subprocess.run(shlex.split(command) + ["--out", out], cwd=ROOT, env=_env(events),
+                             timeout=TIMEOUT_S, capture_output=True, text=True)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    return {"returncode": returncode, "output": output, "events": first, "steps": steps,
+            "command": command, "final": dict(np.load(out)),
+            "resumed": _events(events)}  # fmt: skip
+
+
+def test_sigint_saves_the_step_in_flight_and_prints_how_to_resume(signalled):
+    assert signalled["returncode"] == 128 + signal.SIGINT
+    assert signalled["events"] == ([1, 2, 3, 4], [3, 4])  # 4 saved because of the signal
+    assert signalled["steps"] == [3, 4]
+    assert "stopped by SIGINT after step 4 of 12" in signalled["output"]
+    assert (
+        "_kill_worker.py" in signalled["command"] and "--pause-after-step" in signalled["command"]
+    )
+
+
+def test_the_printed_command_resumes_after_the_saved_step_and_matches(signalled, runs):
+    assert signalled["resumed"][0] == list(range(5, NUM_STEPS + 1))  # nothing redone
+    reference = runs["reference"]
+    want = worker.flat({"params": reference.state.params,
+                        "opt_state": reference.state.opt_state})  # fmt: skip
+    for key in want:
+        np.testing.assert_array_equal(signalled["final"][key], want[key], err_msg=key)
 
 
 def test_kill_mid_step_loses_only_the_steps_since_the_checkpoint(runs):

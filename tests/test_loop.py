@@ -12,6 +12,7 @@ from mpt_jax.backbone import get_config
 from mpt_jax.data.task_ids import TaskIndexError
 from mpt_jax.model import PromptedT5
 from mpt_jax.prompts.generators import MultitaskPrompt
+from mpt_jax.training import actions as A
 from mpt_jax.training import make_optimizer, split_params, task_loss_fn
 from mpt_jax.training.checkpoints import Checkpointer
 from mpt_jax.training.loop import NonFiniteError, train_loop
@@ -63,12 +64,15 @@ def setup():
     return loss_fn, make_optimizer(), prompt, {"backbone": backbone}
 
 
-def run(setup, model_dir, num_steps, poison_at=None, **kwargs):
+def run(setup, model_dir, num_steps, poison_at=None, on_nonfinite="raise", eval_every=0,
+        **kwargs):  # fmt: skip
     loss_fn, tx, prompt, frozen = setup
+    actions = [A.NonFinite(on_nonfinite), A.Checkpoint(every=3), A.Evaluate(every=eval_every),
+               A.Console(progress_bar=False)]  # fmt: skip
     return train_loop(
         loss_fn, tx, prompt, frozen, batches_with_poison(poison_at),
         task_names=TASKS, model_dir=model_dir, num_steps=num_steps, seed=7,
-        checkpoint_every=3, log_every=1, progress_bar=False, backbone="random:0", **kwargs,
+        log_every=1, actions=actions, backbone="random:0", **kwargs,
     )  # fmt: skip
 
 
@@ -119,7 +123,7 @@ def test_resume_with_another_task_mapping_is_refused(setup, tmp_path):
     loss_fn, tx, prompt, frozen = setup
     with pytest.raises(TaskIndexError, match="task_b"):
         train_loop(loss_fn, tx, prompt, frozen, batches_with_poison(), task_names=("task_b",
-                   "task_a"), model_dir=str(tmp_path), num_steps=2, progress_bar=False)  # fmt: skip
+                   "task_a"), model_dir=str(tmp_path), num_steps=2)  # fmt: skip
 
 
 def test_evaluate_is_called_periodically_and_at_the_end(setup):

@@ -98,18 +98,23 @@ def train(
       seed: seed of prompt initialisation and dropout.
       data_seed: seed of the data order.
       eval_mixture_or_task_name: evaluated with seqio metrics every
-        ``train_loop.eval_every`` steps and at the end (``make_evaluate.*`` bindings).
+        ``actions.Evaluate.every`` steps and at the end (``make_evaluate.*`` bindings).
     """
     index = _index(mixture_or_task_name, task_names)
     config, backbone, reference, st, model = _setup(stage, index, seed)
-    os.makedirs(model_dir, exist_ok=True)
     index_path = os.path.join(model_dir, "task_index.json")
     if os.path.exists(index_path):
         from mpt_jax.data.task_ids import check_compatible
 
         check_compatible(TaskIndex.load(index_path), index, context=f"run {model_dir}")
-    else:
-        index.save(index_path)
+
+    def write_run_files() -> None:  # once the first step ran: a failed start leaves nothing
+        os.makedirs(model_dir, exist_ok=True)
+        if not os.path.exists(index_path):
+            index.save(index_path)
+        with open(os.path.join(model_dir, "config.gin"), "w") as f:
+            f.write(gin.config_str())
+
     evaluate = None
     if eval_mixture_or_task_name is not None:
         evaluate = make_evaluate(
@@ -118,8 +123,6 @@ def train(
     batches = data_lib.train_batches(
         mixture_or_task_name, task_feature_lengths, batch_size, index, seed=data_seed
     )
-    with open(os.path.join(model_dir, "config.gin"), "w") as f:
-        f.write(gin.config_str())
     result = train_loop(
         st.loss_fn,
         st.optimizer,
@@ -131,7 +134,9 @@ def train(
         backbone=reference,
         seed=seed,
         evaluate=evaluate,
+        generator=st.prompt,
         extra_meta={**st.meta, "mixture_or_task_name": mixture_or_task_name},
+        on_started=write_run_files,
     )
     with open(os.path.join(model_dir, "operative_config.gin"), "w") as f:
         f.write(gin.operative_config_str())

@@ -19,13 +19,20 @@ Guarantees:
   with a NaN/Inf, so it never replaces a good checkpoint with a broken one.
 - ``max_to_keep`` newest steps are kept; older ones are deleted after a new one is
   complete.
+- Named faults: a checkpoint whose files cannot be read (a truncated array file or
+  ``meta``, a missing item) raises :class:`CorruptCheckpointError` naming the step and
+  the file; :meth:`Checkpointer.restore_latest` then falls back to the newest readable
+  step, and :meth:`Checkpointer.set_aside` renames the unreadable one out of the way.
+- Nothing on disk until the first save: opening a checkpointer on a missing folder (a
+  misspelled path, a run that fails before its first step) creates no folder.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -44,6 +51,41 @@ log = logging.getLogger(__name__)
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, or that does not fit the run loading it."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A checkpoint whose files cannot be read (truncated, missing, undecodable).
+
+    Attributes: ``step``; ``file``, the unreadable file (or the item's folder when the
+    reader does not name one); ``reason``, the reader's message, shortened.
+    """
+
+    def __init__(self, directory: str, step: int, file: str, reason: str):
+        self.step, self.file, self.reason = step, file, reason
+        super().__init__(
+            f"the checkpoint of step {step} in {directory!r} is unreadable: {file}: {reason}"
+        )
+
+
+_LOCAL_FILE = re.compile(r'local file "([^"]*[^/"])"')
+
+
+def _corrupt(directory: str, step: int, item: str, error: Exception) -> CorruptCheckpointError:
+    """Names the file behind a read ``error`` of ``item`` (TensorStore names it in its
+    message; a JSON item has one file, ``metadata``)."""
+    message = str(error).split(" [tensorstore_spec=")[0].strip() or type(error).__name__
+    found = _LOCAL_FILE.findall(message)
+    item_dir = os.path.join(directory, str(step), item)
+    if found:
+        file = found[-1]
+    elif isinstance(error, ValueError) and type(error).__name__ == "JSONDecodeError":
+        file = os.path.join(item_dir, "metadata" if item == "meta" else "_METADATA")
+        message = f"invalid JSON ({message})"
+    else:
+        file = item_dir
+    if len(message) > 300:
+        message = message[:300] + " …"
+    return CorruptCheckpointError(directory, step, file, message)
 
 
 def checkpoint_dir(path: str | os.PathLike) -> str:
@@ -79,8 +121,9 @@ class Checkpointer:
         if max_to_keep is not None and max_to_keep < 1:
             raise ValueError(f"max_to_keep must be >= 1 or None, got {max_to_keep}")
         self.directory = os.path.abspath(os.fspath(directory))
+        # create=False: the folder appears with the first save (see :meth:`save`).
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save
+            max_to_keep=max_to_keep, create=False, enable_async_checkpointing=async_save
         )
         self._manager = ocp.CheckpointManager(
             self.directory, options=options, item_names=("params", "opt_state", "meta")
@@ -126,6 +169,7 @@ class Checkpointer:
             "backbone": backbone,
             "extra": dict(extra or {}),
         }
+        os.makedirs(self.directory, exist_ok=True)
         args = ocp.args.Composite(
             params=ocp.args.StandardSave(state.params),
             opt_state=ocp.args.StandardSave(state.opt_state),
@@ -155,42 +199,84 @@ class Checkpointer:
             )
         return step
 
+    def _read(self, step: int, item: str, args: Any) -> Any:
+        """Item ``item`` of ``step``; a read failure becomes :class:`CorruptCheckpointError`."""
+        try:
+            return self._manager.restore(step, args=ocp.args.Composite(**{item: args}))[item]
+        except Exception as e:  # orbax/TensorStore raise ValueError, OSError, JSON errors
+            raise _corrupt(self.directory, step, item, e) from e
+
     def restore_meta(self, step: int | None = None) -> dict[str, Any]:
         step = self._step_or_latest(step)
-        return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))[
-            "meta"
-        ]
+        return self._read(step, "meta", ocp.args.JsonRestore())
 
     def restore_params(self, step: int | None = None, target: PyTree | None = None) -> PyTree:
         """The prompt tree alone (numpy leaves when ``target`` is None)."""
         step = self._step_or_latest(step)
         restore = ocp.args.StandardRestore(_abstract(target) if target is not None else None)
-        return self._manager.restore(step, args=ocp.args.Composite(params=restore))["params"]
+        return self._read(step, "params", restore)
 
     def restore(self, target: TrainState, step: int | None = None) -> tuple[TrainState, dict]:
         """``(state, meta)`` at ``step`` (default: the latest), shaped like ``target``.
 
         Raises:
+          CorruptCheckpointError: when a file of the checkpoint cannot be read.
           CheckpointError: when there is no such checkpoint, or its prompt tree does not
             have the structure and shapes of ``target.params``.
         """
         step = self._step_or_latest(step)
+        meta = self.restore_meta(step)
         _check_tree_fits(self.restore_params(step), target.params, self.directory, step)
-        restored = self._manager.restore(
-            step,
-            args=ocp.args.Composite(
-                params=ocp.args.StandardRestore(_abstract(target.params)),
-                opt_state=ocp.args.StandardRestore(_abstract(target.opt_state)),
-                meta=ocp.args.JsonRestore(),
-            ),
+        params = self.restore_params(step, target.params)
+        opt_state = self._read(
+            step, "opt_state", ocp.args.StandardRestore(_abstract(target.opt_state))
         )
-        meta = restored["meta"]
-        state = TrainState(
-            step=jnp.asarray(meta["step"], jnp.int32),
-            params=restored["params"],
-            opt_state=restored["opt_state"],
-        )
+        state = TrainState(step=jnp.asarray(meta["step"], jnp.int32), params=params,
+                           opt_state=opt_state)  # fmt: skip
         return state, meta
+
+    def restore_latest(
+        self,
+        target: TrainState,
+        *,
+        on_corrupt: Callable[[CorruptCheckpointError], None] | None = None,
+    ) -> tuple[TrainState, dict] | None:
+        """The newest *readable* checkpoint as ``(state, meta)``, or None when there is none.
+
+        Steps are tried newest first; each unreadable one is passed to ``on_corrupt``
+        (default: a warning naming its step and file) and the next older one is tried.
+
+        Raises:
+          CorruptCheckpointError: when no checkpoint is readable (the newest one's error).
+          CheckpointError: when a readable checkpoint does not fit ``target``.
+        """
+        errors: list[CorruptCheckpointError] = []
+        for step in reversed(self.all_steps()):
+            try:
+                return self.restore(target, step)
+            except CorruptCheckpointError as e:
+                errors.append(e)
+                if on_corrupt is not None:
+                    on_corrupt(e)
+                else:
+                    log.warning("%s; trying the previous checkpoint", e)
+        if errors:
+            raise errors[0]
+        return None
+
+    def set_aside(self, step: int) -> str:
+        """Rename step ``step``'s folder to ``<step>.corrupt`` (kept for inspection, no longer
+        a step: not restored, not counted by ``max_to_keep``, not in the way of a new save of
+        that step). Returns the new path."""
+        src = os.path.join(self.directory, str(step))
+        dst = src + ".corrupt"
+        n = 1
+        while os.path.exists(dst):
+            n += 1
+            dst = f"{src}.corrupt{n}"
+        os.rename(src, dst)
+        self._manager.reload()
+        return dst
 
 
 def _abstract(tree: PyTree) -> PyTree:

@@ -56,11 +56,24 @@ def _apply_kwargs(rng: jax.Array | None) -> dict[str, Any]:
     return {"enable_dropout": True, "rngs": {"dropout": rng}}
 
 
+def _example_sums(logits: jax.Array, batch: Batch) -> dict[str, jax.Array]:
+    """Per-example token cross-entropy sums and weights ``[batch]`` (the loop turns them
+    into per-task losses with the batch's ``task_ids``)."""
+    per_example = jax.vmap(losses.cross_entropy_with_logits)
+    ce, _, weight = per_example(
+        logits[:, None],
+        batch["decoder_target_tokens"][:, None],
+        batch["decoder_loss_weights"][:, None],
+    )
+    return {"example_loss": ce, "example_weight": weight}
+
+
 @gin.configurable(denylist=["model"])
 def task_loss_fn(model: nn.Module, *, z_loss: float = 0.0) -> LossFn:
     """Token cross-entropy of ``model`` (a ``PromptedT5``) on the batch's targets.
 
-    Metrics: ``loss``, ``z_loss``, ``num_tokens`` (``Σ decoder_loss_weights``).
+    Metrics: ``loss``, ``z_loss``, ``num_tokens`` (``Σ decoder_loss_weights``), and the
+    per-example ``example_loss`` / ``example_weight`` ``[batch]`` (per-task losses).
     """
 
     def loss_fn(prompt_params, frozen, batch, rng):
@@ -71,7 +84,8 @@ def task_loss_fn(model: nn.Module, *, z_loss: float = 0.0) -> LossFn:
         )
         denom = jnp.maximum(w_sum, 1e-8)
         loss = ce_sum / denom
-        return loss, {"loss": loss, "z_loss": z_sum / denom, "num_tokens": w_sum}
+        metrics = {"loss": loss, "z_loss": z_sum / denom, "num_tokens": w_sum}
+        return loss, {**metrics, **_example_sums(logits, batch)}
 
     return loss_fn
 
@@ -125,7 +139,8 @@ def distillation_loss_fn(
     dropout and under ``stop_gradient`` (its prompt lives in ``frozen["teacher_prompt"]``).
     ``recipe`` (λ, τ, hidden states) defaults to the gin-bound :class:`Distillation`.
 
-    Metrics: ``loss``, ``task_loss``, ``kl``, ``mse``, ``z_loss``, ``num_tokens``.
+    Metrics: ``loss``, ``task_loss``, ``kl``, ``mse``, ``z_loss``, ``num_tokens``, and the
+    student's per-example ``example_loss`` / ``example_weight`` ``[batch]``.
     """
     recipe = Distillation() if recipe is None else recipe
 
@@ -156,7 +171,8 @@ def distillation_loss_fn(
             hidden_states=recipe.hidden_states,
             z_loss=z_loss,
         )
-        metrics = {**metrics, "loss": loss, "num_tokens": jnp.sum(batch["decoder_loss_weights"])}
+        metrics = {**metrics, "loss": loss, "num_tokens": jnp.sum(batch["decoder_loss_weights"]),
+                   **_example_sums(s_logits, batch)}  # fmt: skip
         return loss, metrics
 
     return loss_fn

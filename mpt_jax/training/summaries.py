@@ -4,6 +4,12 @@ Every record is ``{"step": int, "kind": "train" | "eval", <name>: float, ...}``,
 per line in ``<model_dir>/metrics.jsonl``; the same scalars go to TensorBoard under
 ``<model_dir>/tensorboard/<kind>``. A resumed run appends, so steps between the last
 checkpoint and an interruption appear twice (the later record is the one that counts).
+Nothing is created before the first record: a run that fails before its first step
+leaves no folder behind.
+
+Names: ``loss``, ``loss/<task>``, ``learning_rate``, ``prompt_rms/<param>``,
+``prompt_rms/task/<task>``, ``embedding_rms``, ``steps_per_second`` … (see
+:mod:`mpt_jax.training.loop`); a ``/`` groups scalars in TensorBoard.
 """
 
 from __future__ import annotations
@@ -38,15 +44,20 @@ class MetricsWriter:
         self._tb: dict[str, Any] = {}
         self._tensorboard = tensorboard and model_dir is not None
         self._jsonl = None
-        if model_dir is not None:
-            os.makedirs(model_dir, exist_ok=True)
-            self._jsonl = open(os.path.join(model_dir, "metrics.jsonl"), "a")  # noqa: SIM115
+
+    @property
+    def path(self) -> str | None:
+        """``<model_dir>/metrics.jsonl`` (None without a ``model_dir``)."""
+        return None if self.model_dir is None else os.path.join(self.model_dir, "metrics.jsonl")
 
     def write(self, step: int, metrics: Mapping[str, Any], kind: str = "train") -> dict:
         """Record ``metrics`` (scalars) at ``step``; returns the record."""
         record = {"step": int(step), "kind": kind}
         record.update({k: _scalar(v) for k, v in metrics.items()})
         self.records.append(record)
+        if self.model_dir is not None and self._jsonl is None:
+            os.makedirs(self.model_dir, exist_ok=True)
+            self._jsonl = open(self.path, "a")  # noqa: SIM115
         if self._jsonl is not None:
             safe = {k: (v if not isinstance(v, float) or math.isfinite(v) else str(v))
                     for k, v in record.items()}  # fmt: skip
