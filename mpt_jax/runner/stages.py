@@ -51,6 +51,7 @@ from mpt_jax.model import PromptedT5
 from mpt_jax.prompts import initializers as inits
 from mpt_jax.prompts import source_init
 from mpt_jax.prompts.generators import MultitaskPrompt, SinglePrompt, TaskPrompts
+from mpt_jax.training import identity
 from mpt_jax.training.checkpoints import Checkpointer, checkpoint_dir
 from mpt_jax.training.objectives import LossFn, distillation_loss_fn, task_loss_fn
 from mpt_jax.training.optimizers import per_task
@@ -223,7 +224,8 @@ def source(
     else:
         if teacher_dir is None:
             raise ValueError("stages.source needs teacher_dir (or distill = False)")
-        teacher_params, teacher_index, _ = load_source(teacher_dir)
+        teacher_params, teacher_index, teacher_meta = load_source(teacher_dir)
+        identity.check_source(teacher_meta, backbone=ctx.backbone, what=f"teachers {teacher_dir!r}")
         check_compatible(
             teacher_index, TaskIndex(ctx.task_names), context=f"teachers from {teacher_dir}"
         )
@@ -285,8 +287,9 @@ def target(
             return fresh
         if source_dir is None:
             raise ValueError(f"stages.target.init = {init!r} needs stages.target.source_dir")
-        params, index, _ = load_source(source_dir)
+        params, index, meta = load_source(source_dir)
         _require_mpt(params, source_dir)
+        identity.check_source(meta, backbone=ctx.backbone, what=f"source {source_dir!r}", mpt=True)
         common = dict(template=fresh, seed=ctx.seed)
         if init == "shared_only":
             return source_init.init_from_source(params, "shared_only", **common)
@@ -372,7 +375,9 @@ def source_prompt(params: Mapping[str, Any], index: TaskIndex, task: str | None)
 def spot(ctx: StageContext, source_dir: str = gin.REQUIRED, source_task: str | None = None):
     """SPoT (Vu et al. 2022): a ``SinglePrompt`` started from a source prompt (see
     :func:`source_prompt` for what is read from each kind of source run)."""
-    params, index, _ = load_source(source_dir)
+    params, index, meta = load_source(source_dir)
+    mpt = set(params) == {"shared", "task_cols", "task_rows"}
+    identity.check_source(meta, backbone=ctx.backbone, what=f"source {source_dir!r}", mpt=mpt)
     start = source_prompt(params, index, source_task)
     prompt = build_generator(SinglePrompt, ctx, length=start.shape[0])
 
