@@ -5,6 +5,10 @@ arguments). Decoding encodes once, then runs the decoder one position per step
 against its key/value cache inside `lax.while_loop`, stopping early once every
 sequence has emitted EOS.
 
+Task ids are checked before each program is dispatched (:mod:`mpt_jax.checks`): an id
+outside ``[0, num_tasks)`` raises ``ValueError`` instead of silently decoding with
+another task's prompt, also when these functions are called inside ``jit``.
+
 Token conventions (T5X's): 0 is padding and the decoder start token, 1 is EOS.
 Returned sequences hold the generated tokens (no start token), EOS included,
 and 0 after it.
@@ -27,6 +31,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from mpt_jax.checks import check_task_ids, num_tasks_of
 from mpt_jax.model import PromptedT5
 
 Array = jax.Array
@@ -97,7 +102,6 @@ def _step_logits(model, params, cache, encoded, encoder_input_tokens, tokens, ma
     return jax.nn.log_softmax(logits[:, 0].astype(jnp.float32), axis=-1), variables["cache"]
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_decode_length", "eos_id"))
 def greedy_decode(
     model: PromptedT5,
     params,
@@ -120,7 +124,19 @@ def greedy_decode(
     Returns:
       `(tokens [batch, max_decode_length], log_probs [batch])`: the generated
       tokens (0 after EOS) and the sum of their log-probabilities.
+
+    Raises:
+      ValueError: a task id outside `[0, num_tasks)` of the model's prompt.
     """
+    check_task_ids(task_ids, num_tasks_of(model), "greedy_decode")
+    return _greedy_decode(
+        model, params, encoder_input_tokens, task_ids,
+        max_decode_length=max_decode_length, eos_id=eos_id,
+    )  # fmt: skip
+
+
+@functools.partial(jax.jit, static_argnames=("model", "max_decode_length", "eos_id"))
+def _greedy_decode(model, params, encoder_input_tokens, task_ids, *, max_decode_length, eos_id):
     params = _params(params)
     encoded = _encode(model, params, encoder_input_tokens, task_ids)
     batch = encoder_input_tokens.shape[0]
@@ -162,7 +178,6 @@ def _gather_beams(tree: Any, beam_index: Array, batch: int, beams: int) -> Any:
     return jax.tree_util.tree_map(gather, tree)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "beam_size", "max_decode_length", "eos_id"))
 def beam_search(
     model: PromptedT5,
     params,
@@ -190,9 +205,23 @@ def beam_search(
     Returns:
       `(tokens [batch, beam_size, max_decode_length], scores [batch,
       beam_size])`, best first; scores are summed token log-probabilities.
+
+    Raises:
+      ValueError: `beam_size < 1`, or a task id outside `[0, num_tasks)`.
     """
     if beam_size < 1:
         raise ValueError(f"beam_size must be >= 1, got {beam_size}.")
+    check_task_ids(task_ids, num_tasks_of(model), "beam_search")
+    return _beam_search(
+        model, params, encoder_input_tokens, task_ids, beam_size=beam_size,
+        max_decode_length=max_decode_length, eos_id=eos_id,
+    )  # fmt: skip
+
+
+@functools.partial(jax.jit, static_argnames=("model", "beam_size", "max_decode_length", "eos_id"))
+def _beam_search(
+    model, params, encoder_input_tokens, task_ids, *, beam_size, max_decode_length, eos_id
+):
     params = _params(params)
     batch = encoder_input_tokens.shape[0]
     k = beam_size
@@ -242,14 +271,20 @@ def shift_right(targets: Array, start_id: int = PAD_ID) -> Array:
     return jnp.concatenate([start, targets[..., :-1]], axis=-1)
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
 def score(model: PromptedT5, params, batch: Mapping[str, Array]) -> Array:
     """Per-example log-likelihood `[batch]` of `decoder_target_tokens`.
 
     Sums `log p(target_t | inputs, target_<t)` weighted by
     `decoder_loss_weights` (or by `target > 0` when absent), with dropout off.
-    `decoder_input_tokens` default to the right-shifted targets.
+    `decoder_input_tokens` default to the right-shifted targets. A `task_ids` outside
+    `[0, num_tasks)` raises `ValueError`.
     """
+    check_task_ids(batch.get("task_ids"), num_tasks_of(model), "score")
+    return _score(model, params, batch)
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def _score(model: PromptedT5, params, batch: Mapping[str, Array]) -> Array:
     params = _params(params)
     targets = batch["decoder_target_tokens"]
     decoder_inputs = batch.get("decoder_input_tokens")
@@ -271,7 +306,6 @@ def score(model: PromptedT5, params, batch: Mapping[str, Array]) -> Array:
     return jnp.sum(token_ll * weights.astype(jnp.float32), axis=-1)
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
 def rank_classification(
     model: PromptedT5,
     params,
@@ -288,7 +322,16 @@ def rank_classification(
       encoder_input_tokens: `[batch, S]`.
       task_ids: `[batch]` int32 or None.
       candidates: `[num_candidates, T]` target token ids (EOS included, 0 = padding).
+
+    Raises:
+      ValueError: a task id outside `[0, num_tasks)`.
     """
+    check_task_ids(task_ids, num_tasks_of(model), "rank_classification")
+    return _rank_classification(model, params, encoder_input_tokens, task_ids, candidates)
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def _rank_classification(model, params, encoder_input_tokens, task_ids, candidates):
     params = _params(params)
     batch, n = encoder_input_tokens.shape[0], candidates.shape[0]
     encoded = _encode(model, params, encoder_input_tokens, task_ids)

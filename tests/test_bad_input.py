@@ -17,7 +17,13 @@ import tensorflow as tf
 
 import mpt_jax.tasks  # noqa: F401  (registers the mpt tasks)
 from mpt_jax import cli
-from mpt_jax.data.task_ids import TASK_IDS_FEATURE, TaskIndex, TaskIndexError, add_task_ids
+from mpt_jax.data.task_ids import (
+    TASK_IDS_FEATURE,
+    TaskIndex,
+    TaskIndexError,
+    add_task_ids,
+    use_task_index,
+)
 from mpt_jax.prompts.generators import ComposedPrompt
 from mpt_jax.runner import data as data_lib
 from mpt_jax.runner import jobs
@@ -232,3 +238,82 @@ def test_binding_of_a_misspelled_macro_is_named(capsys):
     cli.configure(["runner/prompt_tuning.gin"], ["BACKBONE_CHECKPOINT = '/models/t5'"],
                   cli.search_paths([]))  # fmt: skip
     assert gin.query_parameter("%BACKBONE_CHECKPOINT") == "/models/t5"
+
+
+def test_task_id_minus_one_stops_training_before_the_step():
+    """-1 would be clamped to id 0 inside the jitted step; the loop refuses it."""
+
+    def batches(start):
+        batch = dict(next(worker.batches(0)(start)))
+        batch["task_ids"] = np.array([0, -1, 1, 1], np.int32)
+        yield batch
+
+    with pytest.raises(ValueError, match=r"step 1 holds task id -1, out of range \[0, 2\)"):
+        _loop(batches)
+
+
+# -- one length policy for train, eval and infer ------------------------------------------------
+
+SPLIT_TASK = "mpt_test_bad_input_long_splits"
+
+
+def _register_long_task_with_splits():
+    """A user's task (no mpt length policy) whose only example is 'abcdefghij' + EOS."""
+    if SPLIT_TASK in seqio.TaskRegistry.names():
+        return
+
+    def examples(split, shuffle_files, seed=None):
+        return tf.data.Dataset.from_tensor_slices({"inputs": ["abcdefghij"], "targets": ["x"]})
+
+    byte = seqio.Feature(seqio.ByteVocabulary())
+    seqio.TaskRegistry.add(
+        SPLIT_TASK,
+        source=seqio.FunctionDataSource(examples, splits=("train", "validation", "test")),
+        output_features={"inputs": byte, "targets": byte, "task_ids": TASK_IDS_FEATURE},
+        preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos,
+                       functools.partial(add_task_ids, task_name=SPLIT_TASK)],
+    )  # fmt: skip
+
+
+def test_eval_refuses_over_long_inputs_of_a_user_task_like_train():
+    """seqio.Evaluator trims silently ('abcdefghij'+EOS became 'abcdef'); the policy reads
+    the untrimmed examples first, so evaluation stops as training does."""
+    from mpt_jax.runner.evaluation import make_evaluate
+
+    _register_long_task_with_splits()
+    index = TaskIndex((SPLIT_TASK,))
+    refused = rf"inputs of {SPLIT_TASK} is longer than its maximum length 6"
+    with pytest.raises(tf.errors.InvalidArgumentError, match=refused):
+        make_evaluate(None, None, SPLIT_TASK, LENGTHS | {"inputs": 6}, index)
+
+
+def test_eval_truncation_is_explicit_and_counted(capfd):
+    from mpt_jax.data.feature_converter import check_task_lengths
+
+    _register_long_task_with_splits()
+    gin.bind_parameter("length_policy.truncation", "truncate")
+    with use_task_index(TaskIndex((SPLIT_TASK,))):
+        counts = check_task_lengths(SPLIT_TASK, LENGTHS | {"inputs": 6}, split="validation")
+    assert counts == {SPLIT_TASK: {"inputs": 1, "targets": 0}}
+    assert f"truncated 'inputs' of {SPLIT_TASK} from length 11 to 6" in capfd.readouterr().err
+
+
+def test_infer_refuses_over_long_inputs_of_a_user_task_like_train(tmp_path):
+    from mpt_jax.runner import stages
+
+    _register_long_task_with_splits()
+    gin.bind_parameter("prompts.SinglePrompt.length", 2)
+    config, _, _ = load_backbone()
+    ckpt = Checkpointer(os.path.join(tmp_path, CHECKPOINT_SUBDIR))
+    prompt = {"shared": np.zeros((2, config.emb_dim), np.float32)}
+    _, _, tx, _ = worker.model_and_objective()
+    ckpt.save(TrainState.create(prompt, tx), data_position=0, task_names=[SPLIT_TASK],
+              backbone="random:0")  # fmt: skip
+    ckpt.close()
+    out = tmp_path / "predictions.jsonl"
+    refused = r"Feature inputs is longer than its maximum length 6; length:.*11"
+    with pytest.raises(tf.errors.InvalidArgumentError, match=refused):
+        jobs.infer(model_dir=str(tmp_path), mixture_or_task_name=SPLIT_TASK,
+                   task_feature_lengths=LENGTHS | {"inputs": 6}, stage=stages.prompt_tuning,
+                   output_file=str(out))  # fmt: skip
+    assert not out.exists()

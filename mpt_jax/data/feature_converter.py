@@ -30,7 +30,11 @@ length is
 Note that ``seqio.get_dataset`` / ``Task.get_dataset`` trim output features *before* the
 converter sees them when ``trim_output_features=True`` (their default). The mpt tasks
 apply :func:`enforce_max_lengths` as their last preprocessor, so the policy holds there
-too; with other tasks pass ``trim_output_features=False`` to let this converter decide.
+too. For any task, the runner reads training and inference data with
+``trim_output_features=False`` (this converter decides), and evaluation, whose
+``seqio.Evaluator`` always trims, first runs :func:`check_task_lengths` over the
+untrimmed examples it will evaluate. So ``train``, ``eval`` and ``infer`` meet one policy
+whatever the task's preprocessors.
 """
 
 from __future__ import annotations
@@ -178,6 +182,55 @@ def _log_truncation(feature, where, length, max_length, total):
     )
     with tf.control_dependencies([op]):
         return tf.constant(True)
+
+
+def check_task_lengths(
+    mixture_or_task_name: str,
+    task_feature_lengths: Mapping[str, int],
+    *,
+    split: str,
+    num_examples: int | None = None,
+    truncation: str | None = None,
+) -> dict[str, dict[str, int]]:
+    """Applies the length policy to the untrimmed examples of every task of a mixture.
+
+    For readers that trim before this converter sees the data (``seqio.Evaluator`` calls
+    ``Task.get_dataset`` with its default ``trim_output_features=True``): reads each task's
+    ``split`` (its first ``num_examples``) untrimmed through :func:`enforce_max_lengths`.
+
+    Args:
+      mixture_or_task_name: a registered seqio task or mixture.
+      task_feature_lengths: ``{"inputs": S, "targets": T}``.
+      split: the split to read.
+      num_examples: read only the first ``num_examples`` of each task (None: all).
+      truncation: ``"error"`` / ``"truncate"``; None reads :func:`length_policy`.
+
+    Returns:
+      ``{task: {feature: examples that were (or, when trimmed later, will be) cut}}``;
+      all zeros under ``"error"``.
+
+    Raises:
+      tf.errors.InvalidArgumentError: under ``"error"``, at the first over-long example,
+        naming the feature, the task, its length and the maximum.
+    """
+    truncation = length_policy() if truncation is None else truncation
+    provider = seqio.get_mixture_or_task(mixture_or_task_name)
+    tasks = provider.tasks if isinstance(provider, seqio.Mixture) else [provider]
+    lengths = {k: v for k, v in task_feature_lengths.items()
+               if k in PromptEncDecFeatureConverter.TASK_FEATURES}  # fmt: skip
+    report = {}
+    for task in tasks:
+        ds = task.get_dataset(dict(task_feature_lengths), split=split, shuffle=False,
+                              num_epochs=1, trim_output_features=False)  # fmt: skip
+        if num_examples is not None:
+            ds = ds.take(num_examples)
+        counts = TruncationCounts()
+        ds = enforce_max_lengths(ds, lengths, truncation=truncation, counts=counts,
+                                 label=task.name)  # fmt: skip
+        for _ in ds.as_numpy_iterator():
+            pass
+        report[task.name] = {k: counts.as_dict().get(k, 0) for k in lengths}
+    return report
 
 
 @gin.configurable

@@ -86,10 +86,14 @@ def make_evaluate(
     import seqio
 
     import mpt_jax.tasks  # noqa: F401
-    from mpt_jax.data.feature_converter import PromptEncDecFeatureConverter
+    from mpt_jax.data.feature_converter import PromptEncDecFeatureConverter, check_task_lengths
 
     if batch_size < 1 or beam_size < 1:
         raise ValueError(f"batch_size and beam_size must be >= 1, got {batch_size}, {beam_size}")
+    # seqio.Evaluator trims over-long examples silently: the length policy reads them first.
+    check_task_lengths(
+        mixture_or_task_name, task_feature_lengths, split=split, num_examples=num_examples
+    )
     evaluator = seqio.Evaluator(
         mixture_or_task_name,
         feature_converter=PromptEncDecFeatureConverter(task_index=index),

@@ -32,7 +32,8 @@ from mpt_jax.runner import data as data_lib
 from mpt_jax.runner.backbone_loading import load_backbone
 from mpt_jax.runner.evaluation import make_evaluate
 from mpt_jax.runner.stages import Stage, StageContext
-from mpt_jax.training.checkpoints import Checkpointer, checkpoint_dir
+from mpt_jax.training import identity
+from mpt_jax.training.checkpoints import CHECKPOINT_SUBDIR, Checkpointer, checkpoint_dir
 from mpt_jax.training.loop import LoopResult, train_loop
 from mpt_jax.training.state import merge_params
 
@@ -57,13 +58,44 @@ def _saved_index(model_dir: str) -> TaskIndex:
         ckpt.close()
 
 
-def _restore_prompt(model_dir: str, step: int | None) -> tuple[PyTree, int]:
+def _restore_prompt(
+    model_dir: str, step: int | None, current: dict[str, Any] | None = None, context: str = ""
+) -> tuple[PyTree, int]:
+    """The prompt at ``step`` (default: the latest); with ``current`` (this job's
+    :func:`~mpt_jax.training.identity.run_identity`), the checkpoint's record must match."""
     ckpt = Checkpointer(checkpoint_dir(model_dir))
     try:
         meta = ckpt.restore_meta(step)
+        if current is not None:
+            identity.check_identity(
+                identity.saved_identity(meta), current,
+                context=f"{context} {model_dir} (step {meta['step']})",
+            )  # fmt: skip
         return ckpt.restore_params(meta["step"]), int(meta["step"])
     finally:
         ckpt.close()
+
+
+def _identity(st: Stage, backbone, reference, config, index, mixture) -> dict[str, Any]:
+    return identity.run_identity(
+        generator=st.prompt, backbone=backbone, backbone_reference=reference,
+        backbone_config=config, vocabulary=identity.task_vocabularies(mixture),
+        task_names=index.names,
+    )  # fmt: skip
+
+
+def _check_resume_identity(model_dir: str, current: dict[str, Any]) -> None:
+    """Before anything is written: a run directory with checkpoints is resumed only by the
+    generator, backbone, vocabulary and task mapping that made them."""
+    if os.path.isdir(os.path.join(model_dir, CHECKPOINT_SUBDIR)):
+        ckpt = Checkpointer(os.path.join(model_dir, CHECKPOINT_SUBDIR))
+        try:
+            if ckpt.latest_step() is not None:
+                meta = ckpt.restore_meta()
+                context = f"resuming {model_dir} (step {meta['step']})"
+                identity.check_identity(identity.saved_identity(meta), current, context=context)
+        finally:
+            ckpt.close()
 
 
 def _setup(stage: StageFn, index: TaskIndex, seed: int):
@@ -102,6 +134,8 @@ def train(
     """
     index = _index(mixture_or_task_name, task_names)
     config, backbone, reference, st, model = _setup(stage, index, seed)
+    record = _identity(st, backbone, reference, config, index, mixture_or_task_name)
+    _check_resume_identity(model_dir, record)
     index_path = os.path.join(model_dir, "task_index.json")
     if os.path.exists(index_path):
         from mpt_jax.data.task_ids import check_compatible
@@ -135,7 +169,7 @@ def train(
         seed=seed,
         evaluate=evaluate,
         generator=st.prompt,
-        extra_meta={**st.meta, "mixture_or_task_name": mixture_or_task_name},
+        extra_meta={**st.meta, "mixture_or_task_name": mixture_or_task_name, "identity": record},
         on_started=write_run_files,
     )
     with open(os.path.join(model_dir, "operative_config.gin"), "w") as f:
@@ -159,8 +193,9 @@ def evaluate(
     ``<model_dir>/eval_results.jsonl``) as ``{"step", "mixture_or_task_name", metrics}``.
     """
     index = _saved_index(model_dir)
-    _, backbone, _, _, model = _setup(stage, index, 0)
-    params, step = _restore_prompt(model_dir, step)
+    config, backbone, reference, st, model = _setup(stage, index, 0)
+    record = _identity(st, backbone, reference, config, index, mixture_or_task_name)
+    params, step = _restore_prompt(model_dir, step, record, "evaluating")
     metrics = make_evaluate(model, backbone, mixture_or_task_name, task_feature_lengths, index)(
         params, step
     )
@@ -198,8 +233,9 @@ def infer(
     from mpt_jax.runner.evaluation import padded_batches
 
     index = _saved_index(model_dir)
-    _, backbone, _, _, model = _setup(stage, index, 0)
-    prompt, step = _restore_prompt(model_dir, step)
+    config, backbone, reference, st, model = _setup(stage, index, 0)
+    record = _identity(st, backbone, reference, config, index, mixture_or_task_name)
+    prompt, step = _restore_prompt(model_dir, step, record, "inferring with")
     params = merge_params(prompt, backbone)
     if input_file is not None:
         from mpt_jax.runner.evaluation import predict_input_file
@@ -216,7 +252,7 @@ def infer(
         vocab_in = task.output_features["inputs"].vocabulary
         vocab_out = task.output_features["targets"].vocabulary
         ds = task.get_dataset(task_feature_lengths, split=split, shuffle=False,
-                              num_epochs=1)  # fmt: skip
+                              num_epochs=1, trim_output_features=False)  # fmt: skip
         if num_examples is not None:
             ds = ds.take(num_examples)
         model_ds = converter(ds, task_feature_lengths).enumerate()
@@ -266,6 +302,14 @@ def export_prompts(
         raise ValueError(f"export_prompts.format must be one of {EXPORT_FORMATS}, got {format!r}")
     params, step = _restore_prompt(model_dir, step)
     index = _saved_index(model_dir)
+    if format == "peft":
+        ckpt = Checkpointer(checkpoint_dir(model_dir))
+        try:
+            meta = ckpt.restore_meta(step)
+        finally:
+            ckpt.close()
+        identity.require_mpt(meta, what=f"the checkpoint {model_dir} (step {step})",
+                             reading="PEFT's multitask prompt tuning format")  # fmt: skip
     if format == "npy":
         written = prompt_io.save_npy(params, output_dir, overwrite=overwrite)
     else:

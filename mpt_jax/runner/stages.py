@@ -62,6 +62,7 @@ from mpt_jax.model import PromptedT5
 from mpt_jax.prompts import initializers as inits
 from mpt_jax.prompts import source_init
 from mpt_jax.prompts.generators import MultitaskPrompt, SinglePrompt, TaskPrompts
+from mpt_jax.training import identity
 from mpt_jax.training.checkpoints import Checkpointer, checkpoint_dir
 from mpt_jax.training.objectives import Distillation, LossFn, distillation_loss_fn, task_loss_fn
 from mpt_jax.training.optimizers import PromptRecipe, task_axis_params
@@ -217,6 +218,14 @@ def _where(source: SourcePrompt) -> str:
     return repr(source.origin) if source.origin else "the source prompt"
 
 
+def _check_source_identity(source: SourcePrompt, ctx: StageContext, mpt: bool = False) -> None:
+    """A source read from a checkpoint must come from this backbone (and, with ``mpt``, from
+    an MPT generator): :func:`mpt_jax.training.identity.check_source`. Trees made in memory
+    carry no record and are the caller's responsibility."""
+    if source.meta:
+        identity.check_source(source.meta, backbone=ctx.backbone, what=_where(source), mpt=mpt)
+
+
 @gin.configurable(module="stages")
 def load_source(model_dir: str = gin.REQUIRED) -> SourcePrompt:
     """The prompt of the latest checkpoint of a run directory (or of a checkpoint folder),
@@ -277,6 +286,7 @@ def source(
     params = init_prompt(prompt, ctx.config.emb_dim, ctx.seed)
     if teachers is None:
         return _stage("source", ctx, prompt, params, recipe, {"distill": False})
+    _check_source_identity(teachers, ctx)
     check_compatible(teachers.index, TaskIndex(ctx.task_names),
                      context=f"teachers from {_where(teachers)}")  # fmt: skip
     if set(teachers.params) != {"task_prompts"}:
@@ -341,6 +351,7 @@ def target(
             f"{_where(source)} holds prompt parameters {sorted(source.params)}, "
             f"not an MPT prompt {sorted(MPT_PARAMS)}"
         )
+    _check_source_identity(source, ctx, mpt=True)
     params, index = source.params, source.index
     common = dict(template=fresh, seed=ctx.seed)
     if init == "shared_only":
@@ -436,6 +447,7 @@ def spot(
     """SPoT (Vu et al. 2022): a ``SinglePrompt`` started from a source prompt (see
     :func:`source_prompt` for what is read from each kind of source), rescaled by
     ``rescale`` (None: the gin-bound ``prompts.Rescale()``)."""
+    _check_source_identity(source, ctx, mpt=set(source.params) == MPT_PARAMS)
     start = source_prompt(source.params, source.index, source_task)
     prompt = build_generator(SinglePrompt, ctx, length=start.shape[0])
     fresh = init_prompt(prompt, ctx.config.emb_dim, ctx.seed)

@@ -8,7 +8,9 @@ A checkpoint directory ``<dir>/<step>/`` holds three orbax items:
 - ``meta`` (JSON): ``step``, ``data_position`` (batches consumed), ``task_names`` (the
   task-id mapping, id order), ``backbone`` (how the frozen backbone was obtained: a path
   or ``"random:<seed>"`` — the backbone itself is never copied), ``format_version``, and
-  whatever the caller adds under ``extra``.
+  whatever the caller adds under ``extra``: the ``train`` job adds ``extra["identity"]``,
+  what made the checkpoint (generator, backbone hash, vocabulary, mapping, version), which
+  every reuse compares (:mod:`mpt_jax.training.identity`).
 
 Guarantees:
 
