@@ -64,7 +64,7 @@ def _run(job, *gin_files, **bindings):
         gin.clear_config()  # the bindings of one job must not reach the next test
 
 
-NO_DISTILL = {"stages.source.distill": False, "TEACHER_DIR": "None", "MIXTURE": repr(MIX),
+NO_DISTILL = {"stages.source.teachers": "None", "MIXTURE": repr(MIX),
               "train_loop.num_steps": 2}  # fmt: skip
 
 
@@ -105,15 +105,12 @@ def test_checkpoint_records_generator_backbone_vocabulary_mapping_version(runs):
         "num_tasks": 2,
         "length": 4,
         "embed_dim": 32,
-        "composition": "add",
+        "composition": {"class": "Add"},
         "task_length": None,
         "task_rank": 1,
         "task_init": None,
         "task_cols_init": None,
         "task_rows_init": None,
-        "pool_size": 0,
-        "attention_hidden": 64,
-        "temperature": None,
         "param_dtype": "float32",
         "dtype": None,
     }  # fmt: skip  (shared_init, a callable, is left out)

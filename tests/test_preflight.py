@@ -32,10 +32,10 @@ def _errors(bindings, files=STAGE, job="train"):
          "--gin.train_loop.num_steps='twenty'): expected int, got str"),
         ("train.batch_size = 2.5", "train.batch_size = 2.5 (set at --gin.train.batch_size=2.5):"
          " expected int, got float"),
-        ("make_optimizer.learning_rate = '0.3'", "make_optimizer.learning_rate = '0.3' (set at "
-         "--gin.make_optimizer.learning_rate='0.3'): expected float, got str; write the number "
+        ("PromptRecipe.learning_rate = '0.3'", "PromptRecipe.learning_rate = '0.3' (set at "
+         "--gin.PromptRecipe.learning_rate='0.3'): expected float, got str; write the number "
          "without quotes"),
-        ("train_loop.progress_bar = 'False'", "expected bool, got str; write False without"),
+        ("actions.Console.progress_bar = 'False'", "expected bool | None, got str; write False without"),
     ],
 )  # fmt: skip
 def test_wrong_types_name_binding_value_and_type(binding, expected):
@@ -44,7 +44,7 @@ def test_wrong_types_name_binding_value_and_type(binding, expected):
 
 def test_right_types_pass():
     config = preflight.parse(STAGE, [*RUN, "train_loop.num_steps = 20",
-                                     "make_optimizer.learning_rate = 1"], [CONFIG_DIR])  # fmt: skip
+                                     "PromptRecipe.learning_rate = 1"], [CONFIG_DIR])  # fmt: skip
     preflight.check(config, "train")  # an int is a fine float; nothing raised
 
 
@@ -63,8 +63,8 @@ def test_paths_that_must_exist(tmp_path):
     assert f"load_backbone.checkpoint = 'hf:{nowhere}'" in message and "does not exist" in message
     message = _errors([*RUN, f"TEACHER_DIR = '{nowhere}'"],
                       files=["runner/source.gin", "runner/tiny.gin"])  # fmt: skip
-    assert f"stages.source.teacher_dir = '{nowhere}'" in message
-    assert "the teacher run (TEACHER_DIR) does not exist" in message
+    assert f"teachers/stages.load_source.model_dir = '{nowhere}'" in message
+    assert "the earlier run a stage starts from (TEACHER_DIR, SOURCE_DIR) does not exist" in message
     message = _errors([f"MODEL_DIR = '{nowhere}'", "MIXTURE = 'x'"], job="eval")
     assert f"evaluate.model_dir = '{nowhere}' (MODEL_DIR" in message and "no such run" in message
 

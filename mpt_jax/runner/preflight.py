@@ -8,7 +8,7 @@ the mistakes that otherwise surface 15-60 s later as a bare ``TypeError``:
 - a required macro that nothing sets (``MODEL_DIR = %gin.REQUIRED`` in ``base.gin``);
 - a value whose type disagrees with the parameter's annotation
   (``train_loop.num_steps = 'twenty'``, ``train.batch_size = 2.5``,
-  ``make_optimizer.learning_rate = '0.3'``);
+  ``PromptRecipe.learning_rate = '0.3'``);
 - a file or folder a binding names that does not exist (backbone checkpoint, teacher and
   source runs, a run to evaluate, a sentencepiece model, an own task's data files, an
   ``infer.input_file``).
@@ -411,8 +411,7 @@ def type_error(binding: Binding, value: Any, annotation: ast.expr) -> str | None
 
 #: Bindings whose value is a path that must exist before a job starts: name -> what it is.
 PATH_BINDINGS = {
-    "stages.source.teacher_dir": "the teacher run (TEACHER_DIR)",
-    "stages.target.source_dir": "the source run (SOURCE_DIR)",
+    "load_source.model_dir": "the earlier run a stage starts from (TEACHER_DIR, SOURCE_DIR)",
     "t5_vocabulary.sentencepiece_model_path": "the sentencepiece model",
     "infer.input_file": "the jsonl of inputs to infer on",
 }
@@ -459,7 +458,40 @@ JOB_SELECTORS = {"train": "train", "eval": "evaluate", "infer": "infer",
                  "export-prompts": "export_prompts"}  # fmt: skip
 
 
-def _read_by(job: str | None, binding: Binding) -> bool:
+def _references(value: Any) -> set[str]:
+    """The scoped configurable names ``value`` refers to (``@scope/name`` → ``scope/name``)."""
+    if isinstance(value, Reference):
+        return {value.name}
+    if isinstance(value, list | tuple):
+        return set().union(*(_references(v) for v in value)) if value else set()
+    if isinstance(value, dict):
+        return set().union(*(_references(v) for v in value.values())) if value else set()
+    return set()
+
+
+def _referenced_scopes(config: ParsedConfig) -> set[str]:
+    """``scope/selector`` of every scoped configurable some binding refers to."""
+    found: set[str] = set()
+    for b in config.bindings.values():
+        found |= {r for r in _references(b.value) if "/" in r}
+    return found
+
+
+def _same_configurable(reference: str, binding: Binding) -> bool:
+    """``@scope/name`` names ``binding``'s configurable (``name`` in full or its short form)."""
+    scope, _, name = reference.rpartition("/")
+    if scope != binding.scope:
+        return False
+    short = lambda n: n.rpartition(".")[2]
+    return name == binding.selector or short(name) == short(binding.selector)
+
+
+def _read_by(job: str | None, binding: Binding, config: ParsedConfig | None = None) -> bool:
+    if binding.scope and config is not None:
+        # ``teachers/stages.load_source.model_dir`` is read only if something still refers to
+        # ``@teachers/stages.load_source`` (``stages.source.teachers = None`` drops it).
+        if not any(_same_configurable(r, binding) for r in _referenced_scopes(config)):
+            return False
     if job == "export-prompts":  # reads the checkpoint only: no stage, data or backbone
         return binding.selector.rpartition(".")[2] == "export_prompts"
     others = {s for j, s in JOB_SELECTORS.items() if j != job} if job in JOB_SELECTORS else ()
@@ -487,7 +519,7 @@ def required_macros(config: ParsedConfig, job: str | None = None) -> list[str]:
 
     used_chain: set[str] = set()
     for b in config.bindings.values():
-        if b.arg and _read_by(job, b):
+        if b.arg and _read_by(job, b, config):
             collect(b.value)
     messages = []
     for name in sorted(used):
@@ -512,7 +544,7 @@ def check(config: ParsedConfig, job: str, extra: Iterable[str] = ()) -> None:
     errors = list(extra)
     errors += required_macros(config, job)
     for binding in config.bindings.values():
-        if not binding.arg or not _read_by(job, binding):
+        if not binding.arg or not _read_by(job, binding, config):
             continue
         value = config.resolve(binding.value)
         if value == REQUIRED:

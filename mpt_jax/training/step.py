@@ -14,7 +14,7 @@
 - non-finite guard: when the loss or any gradient is NaN/Inf, the prompt tree and the
   optimizer state are left unchanged (the step counter still advances: the batch was
   consumed) and ``metrics["nonfinite"]`` is 1. The training loop then stops with a
-  message naming the step, or, with ``train_loop.on_nonfinite = "skip"``, goes on.
+  message naming the step, or, with ``actions.NonFinite.policy = "skip"``, goes on.
 
 Metrics: everything the objective returns plus ``grad_norm`` (global norm of the prompt
 gradients) and ``nonfinite`` (0/1).
