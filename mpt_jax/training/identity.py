@@ -296,7 +296,16 @@ def represents_mpt(generator: Mapping[str, Any]) -> bool:
 
 
 def _generator_words(generator: Mapping[str, Any]) -> str:
-    fields = ", ".join(f"{k}={v!r}" for k, v in generator.items() if k != "class")
+    """``Class(field=value, ...)``; nested records (composition objects) alike."""
+
+    def words(value: Any) -> str:
+        return (
+            _generator_words(value)
+            if isinstance(value, Mapping) and "class" in value
+            else repr(value)
+        )
+
+    fields = ", ".join(f"{k}={words(v)}" for k, v in generator.items() if k != "class")
     return f"{generator.get('class')}({fields})"
 
 
