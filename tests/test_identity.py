@@ -260,7 +260,9 @@ def test_resuming_an_mpt_source_with_another_composition_is_refused(runs, compos
     refused = (
         r"(?s)resuming .*mpt \(step 2\): the checkpoint was made by another generator.*"
         r"generator.class: saved 'MultitaskPrompt', this run 'ComposedPrompt'.*"
-        r"generator.composition: saved '<absent>', this run '" + composition + r"'.*"
+        r"generator.composition.class: saved '<absent>', this run '"
+        + composition.capitalize()
+        + r"'.*"
         r"check_identity.allow = \['generator'\]"
     )
     with pytest.raises(IdentityError, match=refused):
