@@ -218,6 +218,13 @@ def task_index(task_names: Sequence[str] | None = None, mixture: str | None = No
     return TaskIndex.from_mixture(mixture)
 
 
+def check_covers(index: TaskIndex, mixture_or_task: str) -> None:
+    """Raises ``TaskIndexError`` naming the first task of a registered seqio mixture (or the
+    task itself) that ``index`` lacks, before any dataset is read."""
+    for name in TaskIndex.from_mixture(mixture_or_task).names:
+        index.id(name)
+
+
 def ids_from_keys(index: TaskIndex) -> Callable[[tf.Tensor], tf.Tensor]:
     """``lookup(keys) -> ids``: task keys (int32, any shape) to ``index``'s task ids.
 

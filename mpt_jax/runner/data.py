@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 
-from mpt_jax.data.task_ids import TaskIndex
+from mpt_jax.data.task_ids import TaskIndex, check_covers
 
 Batches = Callable[[int], Iterator[dict[str, np.ndarray]]]
 
@@ -34,6 +34,7 @@ def converted_dataset(
     import mpt_jax.tasks  # noqa: F401  (registers the project's seqio tasks)
     from mpt_jax.data.feature_converter import PromptEncDecFeatureConverter
 
+    check_covers(index, mixture_or_task_name)
     return seqio.get_dataset(
         mixture_or_task_name,
         task_feature_lengths=dict(task_feature_lengths),

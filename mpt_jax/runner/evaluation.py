@@ -24,7 +24,7 @@ import jax
 import numpy as np
 
 from mpt_jax import decoding
-from mpt_jax.data.task_ids import TaskIndex
+from mpt_jax.data.task_ids import TaskIndex, check_covers
 from mpt_jax.model import PromptedT5
 from mpt_jax.training.state import merge_params
 
@@ -90,6 +90,7 @@ def make_evaluate(
 
     if batch_size < 1 or beam_size < 1:
         raise ValueError(f"batch_size and beam_size must be >= 1, got {batch_size}, {beam_size}")
+    check_covers(index, mixture_or_task_name)
     # seqio.Evaluator trims over-long examples silently: the length policy reads them first.
     check_task_lengths(
         mixture_or_task_name, task_feature_lengths, split=split, num_examples=num_examples
