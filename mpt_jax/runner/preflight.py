@@ -439,10 +439,7 @@ def _backbone_error(value: Any, where: str) -> str | None:
     path = value.removeprefix("hf:")
     if path.startswith(_REMOTE) or os.path.exists(path):
         return None
-    return (
-        f"load_backbone.checkpoint = {value!r} (BACKBONE_CHECKPOINT, set at {where}): "
-        f"{path!r} does not exist"
-    )
+    return f"load_backbone.checkpoint = {value!r} (set at {where}): {path!r} does not exist"
 
 
 _MACRO_EXAMPLES = {
@@ -517,6 +514,11 @@ def check(config: ParsedConfig, job: str, extra: Iterable[str] = ()) -> None:
         value = config.resolve(binding.value)
         if value == REQUIRED:
             continue  # reported as a required macro, or gin's own message
+        if isinstance(binding.value, Macro) and config.macro(binding.value.name):
+            macro = config.macro(binding.value.name)  # name where the value was given
+            binding = dataclasses.replace(
+                binding, where=f"{binding.where} from {binding.value.name} at {macro.where}"
+            )
         message = parameter_error(binding)
         if message:
             errors.append(message)
