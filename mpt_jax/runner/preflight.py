@@ -463,6 +463,32 @@ def _read_by(job: str | None, binding: Binding) -> bool:
     return binding.selector.rpartition(".")[2] not in others
 
 
+def _file_task_errors(tasks: Mapping[str, Any], where: str) -> list[str]:
+    """Own tasks' files (``file_tasks.tasks``): each pattern matches a file, none is empty."""
+    errors = []
+    for name, spec in tasks.items():
+        if not isinstance(spec, dict):
+            continue
+        for split in ("train", "validation", "test"):
+            patterns = spec.get(split) or []
+            for pattern in [patterns] if isinstance(patterns, str) else patterns:
+                if not isinstance(pattern, str) or pattern.startswith(_REMOTE):
+                    continue
+                matched = sorted(glob.glob(pattern))
+                key = f"file_tasks.tasks[{name!r}][{split!r}] (set at {where})"
+                if not matched:
+                    errors.append(f"{key}: no file matches {pattern!r}")
+                for path in matched:
+                    if not path.endswith(".gz") and not _has_a_line(path):
+                        errors.append(f"{key}: {path} holds no record (an empty file)")
+    return errors
+
+
+def _has_a_line(path: str) -> bool:
+    with open(path, "rb") as f:
+        return any(line.strip() for line in f)
+
+
 def required_macros(config: ParsedConfig, job: str | None = None) -> list[str]:
     """Messages for every macro still ``%gin.REQUIRED`` that a binding the ``job`` reads
     uses (the other commands' job functions excepted)."""
@@ -536,6 +562,8 @@ def check(config: ParsedConfig, job: str, extra: Iterable[str] = ()) -> None:
             message = _check_path(binding.name, what, value, binding.where)
             if message:
                 errors.append(message)
+        if short == "file_tasks.tasks" and isinstance(value, dict):
+            errors += _file_task_errors(value, binding.where)
         if short == "load_backbone.checkpoint":
             message = _backbone_error(value, binding.where)
             if message:
