@@ -86,3 +86,17 @@ def test_hf_folder_tokenizer_is_used_and_a_byte_task_is_refused(tmp_path):
     # the project's tasks adopt the folder's tokenizer when gin binds none
     assert TASK_VOCABULARY.resolved.vocab_size == 32100
     assert TASK_VOCABULARY.encode("hello") == shipped.encode("hello")
+
+
+@pytest.mark.parametrize("bound", [True, False])
+def test_project_tasks_fit_the_embedded_backbone(bound):
+    """The project's lazy task vocabulary is compared by what it resolves to: bytes, bound
+    in gin (runner/embedded.gin) or adopted from the checkpoint."""
+    import mpt_jax.tasks  # noqa: F401
+
+    if bound:
+        gin.parse_config("import mpt_jax.tasks.vocab\noutput_vocabulary.kind = 'byte'")
+    config = backbone_loading.backbone_config(None, "embedded")
+    task = seqio.get_mixture_or_task("mpt_glue_rte")  # holds TASK_VOCABULARY
+    backbone_loading.check_task_vocabularies([task], "embedded", config)  # no error
+    assert isinstance(TASK_VOCABULARY.resolved, seqio.ByteVocabulary)

@@ -141,6 +141,11 @@ def test_empty_jsonl_names_the_file(tmp_path):
 
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
+    own = f"file_tasks.tasks = {{'e': {{'train': '{empty}', 'test': '{tmp_path}/no*.jsonl'}}}}"
+    message = _errors([*RUN, own])  # before any import
+    assert "file_tasks.tasks['e']['train'] (set at --gin.file_tasks.tasks=" in message
+    assert f"{empty} holds no record (an empty file)" in message
+    assert "file_tasks.tasks['e']['test']" in message and "no file matches" in message
     with pytest.raises(ValueError, match=f"{empty}: the file holds no record"):
         files.register_file_task(files.FileTask("pf_empty", train=(str(empty),)))
     from mpt_jax.tasks import data_sources  # task_data_files.files of the shipped tasks

@@ -438,10 +438,7 @@ def _backbone_error(value: Any, where: str) -> str | None:
     path = value.removeprefix("hf:")
     if path.startswith(_REMOTE) or os.path.exists(path):
         return None
-    return (
-        f"load_backbone.checkpoint = {value!r} (BACKBONE_CHECKPOINT, set at {where}): "
-        f"{path!r} does not exist"
-    )
+    return f"load_backbone.checkpoint = {value!r} (set at {where}): {path!r} does not exist"
 
 
 _MACRO_EXAMPLES = {
@@ -498,6 +495,32 @@ def _read_by(job: str | None, binding: Binding, config: ParsedConfig | None = No
     return binding.selector.rpartition(".")[2] not in others
 
 
+def _file_task_errors(tasks: Mapping[str, Any], where: str) -> list[str]:
+    """Own tasks' files (``file_tasks.tasks``): each pattern matches a file, none is empty."""
+    errors = []
+    for name, spec in tasks.items():
+        if not isinstance(spec, dict):
+            continue
+        for split in ("train", "validation", "test"):
+            patterns = spec.get(split) or []
+            for pattern in [patterns] if isinstance(patterns, str) else patterns:
+                if not isinstance(pattern, str) or pattern.startswith(_REMOTE):
+                    continue
+                matched = sorted(glob.glob(pattern))
+                key = f"file_tasks.tasks[{name!r}][{split!r}] (set at {where})"
+                if not matched:
+                    errors.append(f"{key}: no file matches {pattern!r}")
+                for path in matched:
+                    if not path.endswith(".gz") and not _has_a_line(path):
+                        errors.append(f"{key}: {path} holds no record (an empty file)")
+    return errors
+
+
+def _has_a_line(path: str) -> bool:
+    with open(path, "rb") as f:
+        return any(line.strip() for line in f)
+
+
 def required_macros(config: ParsedConfig, job: str | None = None) -> list[str]:
     """Messages for every macro still ``%gin.REQUIRED`` that a binding the ``job`` reads
     uses (the other commands' job functions excepted)."""
@@ -549,6 +572,11 @@ def check(config: ParsedConfig, job: str, extra: Iterable[str] = ()) -> None:
         value = config.resolve(binding.value)
         if value == REQUIRED:
             continue  # reported as a required macro, or gin's own message
+        if isinstance(binding.value, Macro) and config.macro(binding.value.name):
+            macro = config.macro(binding.value.name)  # name where the value was given
+            binding = dataclasses.replace(
+                binding, where=f"{binding.where} from {binding.value.name} at {macro.where}"
+            )
         message = parameter_error(binding)
         if message:
             errors.append(message)
@@ -566,6 +594,8 @@ def check(config: ParsedConfig, job: str, extra: Iterable[str] = ()) -> None:
             message = _check_path(binding.name, what, value, binding.where)
             if message:
                 errors.append(message)
+        if short == "file_tasks.tasks" and isinstance(value, dict):
+            errors += _file_task_errors(value, binding.where)
         if short == "load_backbone.checkpoint":
             message = _backbone_error(value, binding.where)
             if message:
