@@ -227,6 +227,12 @@ def test_learning_rates_are_read_from_injected_hyperparameters():
     _, state = tx.update(params, state, params)
     assert learning_rates(state) == {"learning_rate": pytest.approx(0.1)}
     assert learning_rates(optax.adafactor(0.3).init(params)) == {}
+    groups = {"shared": optax.inject_hyperparams(optax.sgd)(learning_rate=0.3),
+              "factors": optax.inject_hyperparams(optax.sgd)(learning_rate=0.03)}  # fmt: skip
+    tx = optax.multi_transform(groups, {"shared": "shared", "cols": "factors"})
+    state = tx.init({"shared": jnp.ones(2), "cols": jnp.ones(3)})
+    assert learning_rates(state) == {"learning_rate/factors": pytest.approx(0.03),
+                                     "learning_rate/shared": pytest.approx(0.3)}  # fmt: skip
 
 
 # -- PromptScale ------------------------------------------------------------------------------
