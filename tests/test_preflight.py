@@ -35,7 +35,8 @@ def _errors(bindings, files=STAGE, job="train"):
         ("PromptRecipe.learning_rate = '0.3'", "PromptRecipe.learning_rate = '0.3' (set at "
          "--gin.PromptRecipe.learning_rate='0.3'): expected float, got str; write the number "
          "without quotes"),
-        ("actions.Console.progress_bar = 'False'", "expected bool | None, got str; write False without"),
+        ("actions.Console.progress_bar = 'False'",
+         "expected bool | None, got str; write False without"),
     ],
 )  # fmt: skip
 def test_wrong_types_name_binding_value_and_type(binding, expected):
