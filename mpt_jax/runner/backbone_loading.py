@@ -12,8 +12,9 @@ backbone is never copied into a prompt checkpoint). Sources, chosen by ``checkpo
   :func:`mpt_jax.backbone.hf_import.convert_hf_state_dict`;
 - ``"hf:<dir>"`` or a directory with ``config.json``: a Hugging Face T5 checkpoint
   (:func:`mpt_jax.backbone.hf_import.load_hf_checkpoint`);
-- any other directory: an orbax checkpoint of the tree (``StandardCheckpointer``), e.g.
-  a T5X-format tree saved by orbax.
+- a T5X ``checkpoint_<step>`` directory, legacy (msgpack + tensorstore) or Orbax: its
+  ``target`` parameters (:func:`mpt_jax.backbone.load_t5x_checkpoint`, no T5X needed);
+- any other directory: an orbax checkpoint of the tree (``StandardCheckpointer``).
 
 Every loaded tree is checked against the shapes the configuration implies; a missing,
 extra or mis-shaped parameter is an error naming its path.
@@ -37,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mpt_jax.backbone import T5, T5Config, get_config
+from mpt_jax.backbone import T5, T5Config, get_config, t5x_checkpoint
 
 PyTree = Any
 
@@ -133,6 +134,8 @@ def _read(checkpoint: str, config: T5Config) -> PyTree:
 
             return hf_import.convert_hf_state_dict(flat, config)
         return _unflatten(flat)
+    if t5x_checkpoint.is_t5x_checkpoint(checkpoint):
+        return t5x_checkpoint.load_t5x_checkpoint(checkpoint)
     if os.path.isdir(checkpoint):
         import orbax.checkpoint as ocp
 
