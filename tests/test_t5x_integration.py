@@ -270,7 +270,9 @@ def test_traversal_and_rules_cover_every_prompt_parameter(name):
             assert axis in rules and axis in factor_rules, (name, axis)
     adafactor.Adafactor(logical_factor_rules=factor_rules).set_param_axes(axes)
     # Parameters that do not train hold the placeholder state (never None: Orbax).
-    states = _optimizer().init_state(variables["params"]).param_states
+    optimizer = _optimizer()
+    optimizer.set_param_axes(axes)  # as T5X does before init_state
+    states = optimizer.init_state(variables["params"]).param_states
     flat_states = traverse_util.flatten_dict(flax.core.unfreeze(states), sep="/")
     assert set(flat_states) == set(flat)
     assert {k for k, v in flat_states.items() if v is optim.PLACEHOLDER} == set(flat) - prompt_paths
@@ -482,8 +484,10 @@ def _compare_flaxformer(ff, flaxformer_encoder, setup):
     assert optim.matched_paths(ff_vars["params"]) == [
         "encoder/prompt/shared", "encoder/prompt/task_cols", "encoder/prompt/task_rows"
     ]  # fmt: skip
+    optimizer = _optimizer()
+    optimizer.set_param_axes(flax_partitioning.get_axis_names(ff_vars["params_axes"]))
     states = traverse_util.flatten_dict(
-        flax.core.unfreeze(_optimizer().init_state(ff_vars["params"]).param_states), sep="/"
+        flax.core.unfreeze(optimizer.init_state(ff_vars["params"]).param_states), sep="/"
     )
     placeholders = {k for k, v in states.items() if v is optim.PLACEHOLDER}
     assert placeholders == {k for k in ff_flat if not k.startswith("encoder/prompt/")}
