@@ -377,24 +377,63 @@ def test_restore_rules_take_the_backbone_and_no_prompt_from_the_checkpoint():
     with as_main("t5x.train"), parsed(_stack("runs/source.gin"), RUN_BINDINGS, paths):
         rules = gin.query_parameter("utils.RestoreCheckpointConfig.assignment_map")
         fallback = gin.query_parameter("utils.RestoreCheckpointConfig.fallback_to_scratch")
+        checks = gin.query_parameter("utils.RestoreCheckpointConfig.state_transformation_fns")
     assert fallback is True
+    # tests/test_t5x_resume.py restores with these rules through T5X's Orbax path.
+    assert tuple(rules) == ((r".*prompt.*", None), (r"state/param_states/.*", None))
+    assert len(checks) == 1 and "optim.check_optimizer_states" in str(checks[0])
     teacher_ckpt = {
         "target": {"encoder": {"w": 1.0}, "prompt": {"task_prompts": 2.0}},
-        "state": {"step": 5, "param_states": {"prompt": {"task_prompts": {"v": 3.0}}}},
-    }
+        "state": {"step": 5, "param_states": {"encoder": {"w": None},
+                                              "prompt": {"task_prompts": {"v": 3.0}}}},
+    }  # fmt: skip
     student = {
         "target": {
             "encoder": {"w": 0.0},
             "prompt": {"shared": 0.0, "task_cols": 0.0, "task_rows": 0.0},
             "teacher_prompt": {"task_prompts": 0.0},
         },
-        "state": {"step": 0, "param_states": {"prompt": {"shared": {"v": 0.0}}}},
-    }
+        "state": {"step": 0, "param_states": {"encoder": {"w": 0.0},
+                                              "prompt": {"shared": {"v": 0.0}}}},
+    }  # fmt: skip
     out = traverse(state_utils.apply_assignment_map(teacher_ckpt, student, rules))
-    assert out["target/encoder/w"] == 1.0
+    assert out["target/encoder/w"] == 1.0 and out["state/step"] == 5
     for key in ("target/prompt/shared", "target/teacher_prompt/task_prompts",
-                "state/param_states/prompt/shared/v"):  # fmt: skip
-        assert key not in out  # left to fallback_to_scratch: the initialisers
+                "state/param_states/prompt/shared/v", "state/param_states/encoder/w"):  # fmt: skip
+        assert key not in out  # left to fallback_to_scratch: initialisers, fresh states
+
+
+def test_prompt_model_binds_the_placeholder_optimizer_with_prompt_tunings_adafactor():
+    paths = _t5x_search_paths()
+    from t5x import adafactor
+
+    from mpt_jax.t5x_ext import optim
+
+    with as_main("t5x.train"):
+        optimizer = build("OPTIMIZER", _stack("runs/teacher.gin"), RUN_BINDINGS, paths)
+    assert isinstance(optimizer, optim.PlaceholderMultiOptimizer)
+    ((traversal, sub),) = zip(optimizer.traversals, optimizer.sub_optimizers, strict=True)
+    assert isinstance(sub, adafactor.Adafactor)
+    hp = sub.hyper_params
+    assert (hp.factored, hp.decay_rate, hp.multiply_by_parameter_scale) == (False, 0.8, False)
+    assert (hp.weight_decay_rate, hp.clipping_threshold) == (1e-5, 1.0)
+    assert optim.matched_paths({"prompt": {"shared": 0}, "encoder": {"w": 0}}, traversal) == [
+        "prompt/shared"
+    ]
+    # A flag rebinding OPTIMIZER wins (flags are parsed after every --gin_file).
+    with (
+        as_main("t5x.train"),
+        parsed(
+            _stack("runs/teacher.gin"), [*RUN_BINDINGS, "OPTIMIZER = @adafactor.Adafactor()"], paths
+        ),
+    ):
+        assert type(_capture_macro("OPTIMIZER")) is adafactor.Adafactor
+
+
+def _capture_macro(macro: str):
+    gin.bind_parameter("capture.value", gin.query_parameter(f"%{macro}"))
+    value = _capture()
+    return value
 
 
 def traverse(tree):

@@ -16,8 +16,9 @@ backbone is never copied into a prompt checkpoint). Sources, chosen by ``checkpo
 - ``"embedded"``, or a ``.msgpack`` with a ``.json`` beside it holding ``"config"``: the
   shipped pretrained backbone (``mpt_jax/assets/embedded_t5``) or one saved like it; its
   configuration comes from the JSON, its vocabulary is bytes;
-- any other directory: an orbax checkpoint of the tree (``StandardCheckpointer``), e.g.
-  a T5X-format tree saved by orbax.
+- a T5X ``checkpoint_<step>`` directory, legacy (msgpack + tensorstore) or Orbax: its
+  ``target`` parameters (:func:`mpt_jax.backbone.load_t5x_checkpoint`, no T5X needed);
+- any other directory: an orbax checkpoint of the tree (``StandardCheckpointer``).
 
 Each source is a :class:`BackboneFormat` in :data:`FORMATS`, tried in order; a new
 checkpoint format is one more entry (its ``matches``, ``read`` and, when the checkpoint
@@ -53,7 +54,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mpt_jax.backbone import T5, T5Config, get_config
+from mpt_jax.backbone import T5, T5Config, get_config, t5x_checkpoint
 
 PyTree = Any
 
@@ -192,6 +193,11 @@ def _msgpack_read(checkpoint: str, config: T5Config) -> PyTree:
     return tree.get("params", tree)
 
 
+def _t5x_read(checkpoint: str, config: T5Config) -> PyTree:
+    del config  # the tree is checked against it by the caller
+    return t5x_checkpoint.load_t5x_checkpoint(checkpoint)
+
+
 def _safetensors_read(checkpoint: str, config: T5Config) -> PyTree:
     from safetensors.numpy import load_file
 
@@ -239,6 +245,7 @@ FORMATS: list[BackboneFormat] = [
     ),  # fmt: skip
     BackboneFormat("msgpack", lambda c: c.endswith(".msgpack"), _msgpack_read),
     BackboneFormat("safetensors", lambda c: c.endswith(".safetensors"), _safetensors_read),
+    BackboneFormat("t5x", t5x_checkpoint.is_t5x_checkpoint, _t5x_read),
     BackboneFormat("orbax", os.path.isdir, _orbax_read),
 ]
 

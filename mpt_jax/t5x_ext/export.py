@@ -23,79 +23,30 @@ legacy tensorstore + msgpack one of the public T5 1.1 checkpoints. Command line:
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Sequence
 from typing import Any
 
-import jax
 import numpy as np
 
+from mpt_jax.backbone.t5x_checkpoint import load_t5x_checkpoint
 from mpt_jax.prompts import io as prompt_io
 
 MPT_NAMES = frozenset(prompt_io.PEFT_NAMES)
 
 
-def _orbax_state_dir(checkpoint: str) -> str | None:
-    for candidate in (os.path.join(checkpoint, "state"), checkpoint):
-        if os.path.exists(os.path.join(candidate, "_METADATA")):
-            return candidate
-    return None
-
-
-def _subtree(tree: Any, path: Sequence[str], checkpoint: str) -> Any:
-    node: Any = tree
-    for i, key in enumerate(path):
-        try:
-            node = node[key]
-        except (KeyError, TypeError, IndexError):
-            where = "/".join(path[:i]) or "<root>"
-            known = sorted(node) if hasattr(node, "keys") else []
-            raise KeyError(
-                f"{checkpoint!r} has no '{'/'.join(path)}' (at {where!r} the keys are {known})."
-            ) from None
-    return node
-
-
 def read_params(checkpoint: str, scope: str = "prompt") -> dict[str, Any]:
-    """The numpy subtree ``target/<scope>`` of a T5X checkpoint.
+    """The numpy subtree ``target/<scope>`` of a T5X checkpoint (stored dtypes kept).
 
     Args:
       checkpoint: a ``checkpoint_<step>`` directory (Orbax or legacy format).
       scope: ``/``-joined parameter path, e.g. ``prompt``, ``encoder/prompt``,
-        ``teacher_prompt`` or ``token_embedder``.
+        ``teacher_prompt`` or ``token_embedder`` ("" for every parameter).
 
     Returns:
-      The nested dict of numpy arrays under that scope.
+      The nested dict of numpy arrays under that scope (read with
+      :func:`mpt_jax.backbone.load_t5x_checkpoint`: only that subtree is loaded).
     """
-    path = ["target", *[p for p in scope.split("/") if p]]
-    checkpoint = os.path.abspath(checkpoint) if "://" not in checkpoint else checkpoint
-    state_dir = _orbax_state_dir(checkpoint)
-    if state_dir is not None:
-        import orbax.checkpoint as ocp
-
-        checkpointer = ocp.PyTreeCheckpointer()
-        metadata = checkpointer.metadata(state_dir)
-        tree = getattr(getattr(metadata, "item_metadata", metadata), "tree", metadata)
-        wanted = _subtree(tree, path, checkpoint)
-        item: Any = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), wanted)
-        for key in reversed(path):
-            item = {key: item}
-        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
-        restored = checkpointer.restore(
-            state_dir,
-            args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True),
-        )
-        return jax.tree.map(np.asarray, _subtree(restored, path, checkpoint))
-    if os.path.exists(os.path.join(checkpoint, "checkpoint")):
-        from t5x import checkpoints as t5x_checkpoints
-
-        state = t5x_checkpoints.load_t5x_checkpoint(checkpoint, lazy_parameters=True)
-        lazy = _subtree(state, path, checkpoint)
-        return jax.tree.map(lambda x: np.asarray(x.get() if hasattr(x, "get") else x), lazy)
-    raise FileNotFoundError(
-        f"{checkpoint!r} is not a T5X checkpoint (no Orbax 'state/_METADATA' and no legacy "
-        "'checkpoint' file)."
-    )
+    return load_t5x_checkpoint(checkpoint, scope, dtype=None)
 
 
 def export_prompt(
