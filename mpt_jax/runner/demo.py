@@ -78,7 +78,7 @@ QUICK = dict(
     seeds=(0,),
     learning_rates=(0.3, 0.1),
     test_size=16,
-    validation_size=8,
+    validation_size=16,  # = test_size: one compiled scorer for both
     eval_points=2,
     source_train_size=64,
 )
