@@ -95,7 +95,7 @@ def group(model: PromptedT5, recipe: PromptRecipe, loss_fn=None) -> RunGroup:
 
 
 def rms(x) -> float:
-    """Root mean square of an array (or the mean RMS over its leading axis if ``axis``)."""
+    """Root mean square ``sqrt(mean(x²))`` of an array."""
     return float(np.sqrt(np.mean(np.square(np.asarray(x, np.float64)))))
 
 
@@ -625,7 +625,7 @@ def main(
     )
     seconds["sources"] = time.time() - t0
     score = scorer(config, prompt_length)
-    source_report = source_accuracy(score, backbone_params, benches, sources, test_size, rank)
+    source_report = source_accuracy(score, backbone_params, benches, sources, test_size)
     log(
         f"[demo] source stages {seconds['sources']:.0f} s; source-task test exact match: "
         + ", ".join(f"{m} {a:.1f}" for m, a in source_report.items())
@@ -715,9 +715,8 @@ def main(
     return report
 
 
-def source_accuracy(score, backbone, benches, sources: Sources, test_size: int, rank: int):
+def source_accuracy(score, backbone, benches, sources: Sources, test_size: int) -> dict:
     """Test exact match on the source tasks of every source prompt (mean over benchmarks)."""
-    del rank
     tables = {
         "teachers": sources.teachers,
         SPOT: np.broadcast_to(sources.spot[:, None], sources.teachers.shape),
