@@ -217,6 +217,7 @@ def train_sources(
     config,
     benches,
     recipe: PromptRecipe,
+    mpt_recipe: PromptRecipe,
     distillation: Distillation,
     *,
     prompt_length,
@@ -268,8 +269,8 @@ def train_sources(
     )
     student = PromptedT5(config, mpt_gen)
     students = [
-        group(student, recipe, distillation_loss_fn(student, teacher_model, distillation)),
-        group(student, recipe),
+        group(student, mpt_recipe, distillation_loss_fn(student, teacher_model, distillation)),
+        group(student, mpt_recipe),
     ]
     start = stack([fresh(mpt_gen, dim, next(keys))] * n)
     states = [g.init(start) for g in students]
@@ -343,6 +344,7 @@ def adapt_targets(
     benches,
     sources: Sources,
     recipe: PromptRecipe,
+    mpt_recipe: PromptRecipe,
     score,
     *,
     shots,
@@ -402,8 +404,9 @@ def adapt_targets(
         run_units = multi_units(units) if multi else units
         rows = [(m, lr, u) for lr in learning_rates for m in methods for u in run_units]
         params = jax.tree.map(lambda x: jnp.concatenate([x] * len(learning_rates)), params)
-        scale = jnp.asarray([lr / recipe.learning_rate for _, lr, _ in rows], jnp.float32)
-        runs = group(PromptedT5(config, gen), recipe)
+        rec = mpt_recipe if "task_cols" in params else recipe
+        scale = jnp.asarray([lr / rec.learning_rate for _, lr, _ in rows], jnp.float32)
+        runs = group(PromptedT5(config, gen), rec)
         rngs = jax.random.split(jax.random.key(seed + 1), len(rows))
         trained.append([gen, multi, runs, runs.init(params), rows, scale, rngs])
 
@@ -509,6 +512,7 @@ def main(
     shots: Sequence[int] = (16,),
     learning_rates: Sequence[float] = (0.3, 0.1),
     recipe: PromptRecipe | None = None,
+    mpt_recipe: PromptRecipe | None = None,
     distillation: Distillation | None = None,
     prompt_length: int = 8,
     rank: int = 1,
@@ -539,6 +543,8 @@ def main(
         by ``rate / recipe.learning_rate``.
       recipe: the optimizer of every stage (None: the gin-bound ``PromptRecipe()``,
         prompt tuning's Adafactor at 0.3); teachers and sources train at its rate.
+      mpt_recipe: the recipe of the MPT prompts' stages (None: ``recipe``), e.g. with
+        smaller rates for the task factors ``U``, ``V`` (see the README's measurements).
       distillation: MPT's λ and τ (None: the gin-bound ``Distillation()``).
       prompt_length / rank: ``L`` of every prompt; ``r`` of the task factors.
       teacher_steps / source_steps / target_steps: optimizer steps of each stage.
@@ -608,12 +614,14 @@ def main(
     # ---- 1-2. teachers, SPoT's prompt, MPT with and without distillation --------------------
     t0 = time.time()
     recipe = PromptRecipe() if recipe is None else recipe
+    mpt_recipe = recipe if mpt_recipe is None else mpt_recipe
     distillation = Distillation() if distillation is None else distillation
     sources = train_sources(
         backbone_params,
         config,
         benches,
         recipe,
+        mpt_recipe,
         distillation,
         prompt_length=prompt_length,
         rank=rank,
@@ -639,6 +647,7 @@ def main(
         benches,
         sources,
         recipe,
+        mpt_recipe,
         score,
         shots=shots,
         seeds=seeds,
@@ -699,6 +708,7 @@ def main(
             shots=list(shots),
             learning_rates=list(learning_rates),
             recipe=repr(recipe),
+            mpt_recipe=repr(mpt_recipe),
             distillation=repr(distillation),
             prompt_length=prompt_length,
             rank=rank,
