@@ -37,9 +37,10 @@ def test_every_method_has_a_row_and_results_json(report):
     grid = rep["settings"]["learning_rates"]
     tests = rep["settings"]["test_size"]
     for m, r in rep["methods"].items():
-        assert r["learning_rate"] in grid and set(r["validation_exact_match"]) == set(grid)
+        assert r["learning_rate"] in grid
+        assert set(r["validation_exact_match"]) == {str(g) for g in grid}  # JSON keys
         # the chosen rate is the best on validation
-        assert r["validation_exact_match"][r["learning_rate"]] == max(
+        assert r["validation_exact_match"][str(r["learning_rate"])] == max(
             r["validation_exact_match"].values()
         )
         s = r["shots"]["16"]

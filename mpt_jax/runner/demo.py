@@ -799,7 +799,7 @@ def summarise(history, validation, groups, shots, seeds, num_benches, learning_r
         (_, keys, em0, rc0, norm0), (_, _, em, rc, norm) = history[0], history[-1]
         entry = {
             "learning_rate": lr,
-            "validation_exact_match": by_lr,
+            "validation_exact_match": {str(r): v for r, v in by_lr.items()},
             "params_per_task": params_per_task[m],
             "step0_exact_match": float(select(keys, em0, m, lr).mean()),
             "step0_rank_classification": float(select(keys, rc0, m, lr).mean()),
