@@ -13,6 +13,7 @@ from mpt_jax.decoding import greedy_decode, rank_classification
 from mpt_jax.model import PromptedT5
 from mpt_jax.prompts import SinglePrompt
 from mpt_jax.runner import demo
+from mpt_jax.training.optimizers import PromptRecipe
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -34,12 +35,17 @@ def test_every_method_has_a_row_and_results_json(report):
     assert saved["methods"] == rep["methods"]
     assert (out / "table.txt").read_text().startswith("Held-out target tasks")
     assert (out / "learning_curves.png").read_bytes()[:8] == PNG_SIGNATURE
+    # the MPT stages' default: the recipe with the task factors at MPT_FACTOR_RATES
+    mpt_recipe = PromptRecipe(learning_rates={"task_cols": 0.03, "task_rows": 0.03})
+    assert demo.MPT_FACTOR_RATES == {"task_cols": 0.03, "task_rows": 0.03}
+    assert rep["settings"]["mpt_recipe"] == repr(mpt_recipe)
     grid = rep["settings"]["learning_rates"]
     tests = rep["settings"]["test_size"]
     for m, r in rep["methods"].items():
-        assert r["learning_rate"] in grid and set(r["validation_exact_match"]) == set(grid)
+        assert r["learning_rate"] in grid
+        assert set(r["validation_exact_match"]) == {str(g) for g in grid}  # JSON keys
         # the chosen rate is the best on validation
-        assert r["validation_exact_match"][r["learning_rate"]] == max(
+        assert r["validation_exact_match"][str(r["learning_rate"])] == max(
             r["validation_exact_match"].values()
         )
         s = r["shots"]["16"]
@@ -154,7 +160,8 @@ def test_demo_gin_file_states_the_defaults():
 
     path = pathlib.Path(mpt_jax.configs.CONFIG_DIR) / "runner" / "demo.gin"
     defaults = inspect.signature(demo.main).parameters
-    skipped = ("backbone", "verbose", "recipe", "distillation")  # objects: their own bindings
+    # objects with their own bindings
+    skipped = ("backbone", "verbose", "recipe", "mpt_recipe", "distillation")
     with gin.unlock_config():
         gin.parse_config_file(str(path))
     try:
