@@ -279,13 +279,12 @@ def search_paths(given: Sequence[str]) -> list[str]:
 
 def resolve_gin_file(name: str, paths: Sequence[str]) -> str:
     """``name`` itself when it exists, else the first ``<path>/<name>``; else an error."""
-    if os.path.isfile(name):
-        return name
-    for path in paths:
-        candidate = os.path.join(path, name)
-        if os.path.isfile(candidate):
-            return candidate
-    raise UsageError(f"gin file {name!r} not found (searched ., {', '.join(paths)})")
+    from mpt_jax.runner.preflight import resolve_file
+
+    found = resolve_file(name, paths)
+    if found is None:
+        raise UsageError(f"gin file {name!r} not found (searched ., {', '.join(paths)})")
+    return found
 
 
 def import_task_modules(names: Sequence[str]) -> None:

@@ -120,7 +120,8 @@ class ParsedConfig:
         return default if binding is None else self.resolve(binding.value)
 
 
-def _resolve_file(name: str, paths: Sequence[str]) -> str | None:
+def resolve_file(name: str, paths: Sequence[str]) -> str | None:
+    """``name`` itself when it is a file, else the first ``<path>/<name>`` that is; else None."""
     if os.path.isfile(name):
         return name
     for path in paths:
@@ -143,9 +144,9 @@ def parse(
         for statement in config_parser.ConfigParser(text, _Delegate()):
             line = f"{where}:{statement.location.line_num}" if origin else where
             if isinstance(statement, config_parser.IncludeStatement):
-                found = _resolve_file(statement.filename, search_paths)
+                found = resolve_file(statement.filename, search_paths)
                 if found is None and origin:
-                    found = _resolve_file(
+                    found = resolve_file(
                         os.path.join(os.path.dirname(origin), statement.filename), ()
                     )
                 if found is None:
@@ -163,7 +164,7 @@ def parse(
                 config.bindings[key] = Binding(*key, statement.value, line)
 
     for name in gin_files:
-        found = _resolve_file(name, search_paths)
+        found = resolve_file(name, search_paths)
         if found is None:
             raise PreflightError(
                 f"gin file {name!r} not found (searched ., {', '.join(search_paths)})"
