@@ -234,7 +234,10 @@ def infer(
 
     index = _saved_index(model_dir)
     config, backbone, reference, st, model = _setup(stage, index, 0)
-    record = _identity(st, backbone, reference, config, index, mixture_or_task_name)
+    # A file of new inputs is tokenized with the run's own tasks' vocabulary; MIXTURE is then
+    # only a placeholder the command fills in.
+    vocabulary_of = mixture_or_task_name if input_file is None else index.names[0]
+    record = _identity(st, backbone, reference, config, index, vocabulary_of)
     prompt, step = _restore_prompt(model_dir, step, record, "inferring with")
     params = merge_params(prompt, backbone)
     if input_file is not None:
