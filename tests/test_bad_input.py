@@ -22,7 +22,6 @@ from mpt_jax.data.task_ids import (
     TaskIndex,
     TaskIndexError,
     add_task_ids,
-    use_task_index,
 )
 from mpt_jax.prompts.generators import ComposedPrompt
 from mpt_jax.runner import data as data_lib
@@ -292,8 +291,7 @@ def test_eval_truncation_is_explicit_and_counted(capfd):
 
     _register_long_task_with_splits()
     gin.bind_parameter("length_policy.truncation", "truncate")
-    with use_task_index(TaskIndex((SPLIT_TASK,))):
-        counts = check_task_lengths(SPLIT_TASK, LENGTHS | {"inputs": 6}, split="validation")
+    counts = check_task_lengths(SPLIT_TASK, LENGTHS | {"inputs": 6}, split="validation")
     assert counts == {SPLIT_TASK: {"inputs": 1, "targets": 0}}
     assert f"truncated 'inputs' of {SPLIT_TASK} from length 11 to 6" in capfd.readouterr().err
 
