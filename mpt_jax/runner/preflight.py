@@ -296,6 +296,19 @@ def parameter_error(binding: Binding) -> str | None:
     """A message when ``binding`` names a parameter its configurable does not have, or one
     the job passes itself (the configurable's ``denylist``); None when fine or unknown."""
     candidates = _candidates(binding.selector)
+    if not candidates:
+        # A configurable of another library (seqio, T5X) is gin's to check; a near-miss of
+        # one of ours is a typo worth naming now.
+        import difflib
+
+        short = binding.selector.rpartition(".")[2]
+        close = difflib.get_close_matches(short, list(configurable_parameters()), n=3, cutoff=0.8)
+        if close:
+            return (
+                f"{binding.name} (set at {binding.where}): no configurable named "
+                f"{binding.selector!r}{suggest(short, close)}"
+            )
+        return None
     if len(candidates) != 1:
         return None
     (c,) = candidates
@@ -557,6 +570,30 @@ def required_macros(config: ParsedConfig, job: str | None = None) -> list[str]:
     return messages
 
 
+def unread_macros(config: ParsedConfig) -> list[str]:
+    """Messages for macros set on the command line that no binding reads (a misspelled
+    ``--gin.BACKBONE_CHECKPONT=…`` would otherwise be a new macro, silently unused)."""
+    read: set[str] = set()
+
+    def collect(value: Any) -> None:
+        if isinstance(value, Macro):
+            read.add(value.name)
+        elif isinstance(value, list | tuple):
+            for v in value:
+                collect(v)
+        elif isinstance(value, dict):
+            for v in value.values():
+                collect(v)
+
+    for b in config.bindings.values():
+        collect(b.value)
+    return [
+        f"macro {b.selector!r} (set at {b.where}) is read by no gin file{suggest(b.selector, read)}"
+        for b in config.bindings.values()
+        if not b.arg and not b.scope and b.where.startswith("--") and b.selector not in read
+    ]
+
+
 def check(config: ParsedConfig, job: str, extra: Iterable[str] = ()) -> None:
     """Raises :class:`PreflightError` listing every mistake found, one per line.
 
@@ -566,6 +603,7 @@ def check(config: ParsedConfig, job: str, extra: Iterable[str] = ()) -> None:
       extra: messages found by the caller, reported together with these.
     """
     errors = list(extra)
+    errors += unread_macros(config)
     errors += required_macros(config, job)
     for binding in config.bindings.values():
         if not binding.arg or not _read_by(job, binding, config):
