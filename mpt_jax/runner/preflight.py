@@ -535,29 +535,28 @@ def _has_a_line(path: str) -> bool:
         return any(line.strip() for line in f)
 
 
+def _macro_names(value: Any) -> set[str]:
+    """The ``%MACRO`` names ``value`` uses directly (inside lists, tuples and dicts)."""
+    if isinstance(value, Macro):
+        return {value.name}
+    if isinstance(value, list | tuple):
+        return set().union(*map(_macro_names, value)) if value else set()
+    if isinstance(value, dict):
+        return set().union(*map(_macro_names, value.values())) if value else set()
+    return set()
+
+
 def required_macros(config: ParsedConfig, job: str | None = None) -> list[str]:
     """Messages for every macro still ``%gin.REQUIRED`` that a binding the ``job`` reads
     uses (the other commands' job functions excepted)."""
     used: set[str] = set()
-
-    def collect(value: Any) -> None:
-        if isinstance(value, Macro):
-            used.add(value.name)
-            bound = config.macro(value.name)
-            if bound is not None and value.name not in used_chain:
-                used_chain.add(value.name)
-                collect(bound.value)
-        elif isinstance(value, list | tuple):
-            for v in value:
-                collect(v)
-        elif isinstance(value, dict):
-            for v in value.values():
-                collect(v)
-
-    used_chain: set[str] = set()
-    for b in config.bindings.values():
-        if b.arg and _read_by(job, b, config):
-            collect(b.value)
+    todo = [b.value for b in config.bindings.values() if b.arg and _read_by(job, b, config)]
+    while todo:  # follow macros whose values name further macros
+        for name in _macro_names(todo.pop()) - used:
+            used.add(name)
+            bound = config.macro(name)
+            if bound is not None:
+                todo.append(bound.value)
     messages = []
     for name in sorted(used):
         bound = config.macro(name)
@@ -573,20 +572,7 @@ def required_macros(config: ParsedConfig, job: str | None = None) -> list[str]:
 def unread_macros(config: ParsedConfig) -> list[str]:
     """Messages for macros set on the command line that no binding reads (a misspelled
     ``--gin.BACKBONE_CHECKPONT=…`` would otherwise be a new macro, silently unused)."""
-    read: set[str] = set()
-
-    def collect(value: Any) -> None:
-        if isinstance(value, Macro):
-            read.add(value.name)
-        elif isinstance(value, list | tuple):
-            for v in value:
-                collect(v)
-        elif isinstance(value, dict):
-            for v in value.values():
-                collect(v)
-
-    for b in config.bindings.values():
-        collect(b.value)
+    read = {m for b in config.bindings.values() for m in _macro_names(b.value)}
     return [
         f"macro {b.selector!r} (set at {b.where}) is read by no gin file{suggest(b.selector, read)}"
         for b in config.bindings.values()
