@@ -33,10 +33,10 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import flax.linen as nn
 import gin
 import jax
 import numpy as np
-from flax.core import meta
 
 from mpt_jax.prompts import initializers as inits
 
@@ -139,7 +139,7 @@ def init_from_source(
     num_source, length, source_rank = cols.shape
     dim = shared.shape[1]
     if template is not None:
-        template = meta.unbox(template)
+        template = nn.unbox(template)
         want = tuple(template["shared"].shape)
         if want != shared.shape:
             raise ValueError(

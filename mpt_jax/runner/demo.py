@@ -601,7 +601,7 @@ def main(
     log = print if verbose else (lambda *a, **k: None)
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    config, backbone_params, info = assets.load_backbone(
+    config, backbone_params, info = assets.read_backbone(
         assets.EMBEDDED_BACKBONE if backbone is None else pathlib.Path(backbone)
     )
     held = info.get("benchmark", {}).get("held_out_seeds", [0])
