@@ -230,3 +230,15 @@ def test_skip_without_gradient_is_the_inner_transform_otherwise():
     u0, s0 = tx.update(jnp.zeros(3), s_tx, p)
     np.testing.assert_array_equal(u0, 0.0)
     jax.tree.map(np.testing.assert_array_equal, s0, s_tx)
+
+
+def test_mpt_recipe_adds_the_factor_rates_unless_the_recipe_names_them():
+    from mpt_jax.training.optimizers import MPT_FACTOR_RATES, mpt_recipe
+
+    plain = PromptRecipe(learning_rate=0.1)
+    got = mpt_recipe(plain)
+    assert dict(got.learning_rates) == MPT_FACTOR_RATES and got.learning_rate == 0.1
+    assert mpt_recipe(got) == got  # idempotent
+    named = PromptRecipe(learning_rates={"task_rows": 0.2})
+    assert dict(mpt_recipe(named).learning_rates) == {"task_cols": 0.03, "task_rows": 0.2}
+    assert mpt_recipe(plain, factor_rates={}) == plain
