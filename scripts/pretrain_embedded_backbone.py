@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
     init_rng, dropout_rng = jax.random.split(rng)
     first = {k: data[k][:2] for k in ("encoder_input_tokens", "decoder_input_tokens",
                                       "decoder_target_tokens")}  # fmt: skip
-    params = nn.meta.unbox(model.init(init_rng, **first, enable_dropout=False)["params"])
+    params = nn.unbox(model.init(init_rng, **first, enable_dropout=False)["params"])
     warmup = min(args.warmup_steps, args.steps // 10)
     schedule = optax.warmup_cosine_decay_schedule(
         0.0, args.learning_rate, warmup, args.steps, end_value=args.learning_rate * 0.05

@@ -62,7 +62,7 @@ def test_every_method_has_a_row_and_results_json(report):
 
 def test_prompt_rms_is_recorded_and_follows_the_inits(report):
     _, rep = report
-    _, backbone, _ = assets.load_backbone()
+    _, backbone, _ = assets.read_backbone()
     table = np.asarray(backbone["token_embedder"]["embedding"], np.float64)
     rms = rep["rms"]
     assert rms["token_embedding"] == pytest.approx(np.sqrt(np.mean(table**2)), rel=1e-6)
@@ -99,7 +99,7 @@ def test_parameter_counts_follow_the_formulas(report):
 
 
 def test_scorer_equals_greedy_decoding_and_rank_classification():
-    config, backbone, _ = assets.load_backbone()
+    config, backbone, _ = assets.read_backbone()
     bench = synthetic.EmbeddedBenchmark()
     data = [demo.encode(bench.examples(t, "test", 16), 0) for t in bench.target_tasks[:2]]
     prompts = jax.random.normal(jax.random.key(0), (3, 8, config.emb_dim))

@@ -78,9 +78,26 @@ def test_recipe_equals_prompt_tunings_t5x_gin():
     )
     source = gin_bindings(os.path.join(CONFIGS, "runs", "source.gin"))
     distillation = Distillation()
-    assert source["DISTILL_WEIGHT"] == distillation.weight
-    assert source["TEMPERATURE"] == distillation.temperature
-    assert source["HIDDEN_STATES"] == distillation.hidden_states
+    # λ, τ, hidden states: restated as macros, or left to PromptDistillationModel's
+    # defaults (read from Distillation)
+    for macro, field in (("DISTILL_WEIGHT", "weight"), ("TEMPERATURE", "temperature"),
+                         ("HIDDEN_STATES", "hidden_states")):  # fmt: skip
+        assert source.get(macro, getattr(distillation, field)) == getattr(distillation, field)
+    # ... and PromptDistillationModel's defaults (read as text: T5X is not installed here)
+    models = os.path.join(os.path.dirname(CONFIGS), "mpt_jax", "t5x_ext", "models.py")
+    with open(models) as f:
+        tree = ast.parse(f.read())
+    is_model = lambda n: isinstance(n, ast.ClassDef) and n.name == "PromptDistillationModel"
+    (cls,) = [n for n in ast.walk(tree) if is_model(n)]
+    (init,) = [n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"]
+    defaults = dict(zip([a.arg for a in init.args.kwonlyargs], init.args.kw_defaults, strict=True))
+    for arg, field in (("distill_weight", "weight"), ("temperature", "temperature"),
+                       ("hidden_states", "hidden_states")):  # fmt: skip
+        default = defaults[arg]
+        if isinstance(default, ast.Attribute):  # Distillation.<field>: one definition
+            assert (ast.unparse(default.value), default.attr) == ("Distillation", field)
+        elif not (isinstance(default, ast.Constant) and default.value is None):  # None: gin's
+            assert ast.literal_eval(default) == getattr(distillation, field), arg
 
 
 def test_runner_gin_files_restate_no_recipe_value():
@@ -230,3 +247,15 @@ def test_skip_without_gradient_is_the_inner_transform_otherwise():
     u0, s0 = tx.update(jnp.zeros(3), s_tx, p)
     np.testing.assert_array_equal(u0, 0.0)
     jax.tree.map(np.testing.assert_array_equal, s0, s_tx)
+
+
+def test_mpt_recipe_adds_the_factor_rates_unless_the_recipe_names_them():
+    from mpt_jax.training.optimizers import MPT_FACTOR_RATES, mpt_recipe
+
+    plain = PromptRecipe(learning_rate=0.1)
+    got = mpt_recipe(plain)
+    assert dict(got.learning_rates) == MPT_FACTOR_RATES and got.learning_rate == 0.1
+    assert mpt_recipe(got) == got  # idempotent
+    named = PromptRecipe(learning_rates={"task_rows": 0.2})
+    assert dict(mpt_recipe(named).learning_rates) == {"task_cols": 0.03, "task_rows": 0.2}
+    assert mpt_recipe(plain, factor_rates={}) == plain

@@ -305,3 +305,65 @@ def test_spot_and_target_rescale_the_source_prompt(config, backbone, source_dir)
     assert got.meta["rescale"] == "fresh"
     off = stages.target(ctx, source, init="exact", source_task="s1", rescale=Rescale("off"))
     np.testing.assert_array_equal(off.params["shared"], src["shared"])
+
+
+def test_prompt_fields_override_the_gin_bindings_and_a_key_seeds_like_an_int(config, backbone):
+    ctx = ctx_for(config, backbone, ["a", "b"], seed=3)
+    st = stages.source(ctx, prompt_fields={"length": 6, "num_ranks": 2})
+    assert st.params["task_cols"].shape == (2, 6, 2) and st.prompt.length == 6
+    assert stages.teacher(ctx).params["task_prompts"].shape == (2, L, D)  # gin: L
+    keyed = stages.source(dataclasses.replace(ctx, seed=jax.random.key(3)),
+                          prompt_fields={"length": 6, "num_ranks": 2})  # fmt: skip
+    jax.tree.map(np.testing.assert_array_equal, keyed.params, st.params)
+    with pytest.raises(TypeError, match="no field"):
+        stages.teacher(ctx, prompt_fields={"lenght": 6})
+
+
+def test_run_group_stacks_runs_of_one_stage_and_refuses_other_models(config, backbone):
+    rng = np.random.default_rng(0)
+    ctx = ctx_for(config, backbone, ["a", "b"])
+    tables = [rng.normal(size=(2, L, D)).astype(np.float32) for _ in range(3)]
+    runs = [stages.source(dataclasses.replace(ctx, seed=s),
+                          stages.SourcePrompt({"task_prompts": t}, ("a", "b")))
+            for s, t in enumerate(tables)]  # fmt: skip
+    group, params, per_run = stages.run_group(runs)
+    assert group.loss_fn is runs[0].loss_fn and group.optimizer is runs[0].optimizer
+    for r, run in enumerate(runs):
+        np.testing.assert_array_equal(params["task_cols"][r], run.params["task_cols"])
+        np.testing.assert_array_equal(per_run["teacher_prompt"]["task_prompts"][r], tables[r])
+    with pytest.raises(ValueError, match="share the stage's model"):
+        stages.run_group([runs[0], stages.source(ctx, prompt_fields={"length": L + 1})])
+
+
+def test_mpt_stages_train_the_factors_at_mpt_factor_rates(config, backbone, source_dir):
+    """Δθ = -(lr · sign g + wd · θ) on the first step: U, V at MPT_FACTOR_RATES, P at the
+    recipe's rate; a recipe naming a factor keeps its rate; gin turns the rates off."""
+    import gin
+
+    from mpt_jax.training.optimizers import MPT_FACTOR_RATES, PromptRecipe
+
+    directory, _ = source_dir
+    source = stages.load_source(directory)
+
+    def rates(st):
+        grads = jax.tree.map(lambda p: np.full_like(p, -1.0), st.params)  # sign g = -1
+        updates, _ = st.optimizer.update(grads, st.optimizer.init(st.params), st.params)
+        return {k: float(np.mean(u + 1e-5 * np.asarray(st.params[k], np.float64)))
+                for k, u in updates.items()}  # fmt: skip
+
+    ctx = ctx_for(config, backbone, ["t"])
+    want = {"shared": 0.3, **MPT_FACTOR_RATES}
+    for st in (stages.target(ctx, source), stages.source(ctx_for(config, backbone, SOURCE_TASKS))):
+        assert rates(st) == pytest.approx(want, rel=1e-5)
+    named = PromptRecipe(learning_rates={"task_cols": 0.1})
+    got = rates(stages.target(ctx, source, recipe=named))
+    assert got == pytest.approx({**want, "task_cols": 0.1}, rel=1e-5)
+    assert set(rates(stages.teacher(ctx))) == {"task_prompts"}  # no factors, no factor rates
+    with gin.unlock_config():
+        gin.bind_parameter("mpt_recipe.factor_rates", {})
+    try:
+        got = rates(stages.target(ctx, source))
+    finally:
+        with gin.unlock_config():
+            gin.bind_parameter("mpt_recipe.factor_rates", MPT_FACTOR_RATES)  # the default
+    assert got == pytest.approx({"shared": 0.3, "task_cols": 0.3, "task_rows": 0.3}, rel=1e-5)

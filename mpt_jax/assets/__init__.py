@@ -4,6 +4,11 @@
 a tiny T5 1.1 over ``seqio.ByteVocabulary``; ``embedded_t5.json`` its ``T5Config`` and how
 it was made (made by ``scripts/pretrain_embedded_backbone.py``; the JSON records the
 command, the steps, the wall time and the final training metrics).
+
+:func:`save_backbone` and :func:`read_backbone` write and read this format; a run loads
+any backbone (this one as ``"embedded"``) with
+:func:`mpt_jax.runner.backbone_loading.load_backbone`, which reads this format through
+them.
 """
 
 from __future__ import annotations
@@ -48,7 +53,26 @@ def save_backbone(path: pathlib.Path, config: T5Config, params: Any, info: dict)
     path.with_suffix(".json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 
-def load_backbone(path: pathlib.Path = EMBEDDED_BACKBONE) -> tuple[T5Config, Any, dict]:
+def _existing(path: pathlib.Path) -> pathlib.Path:
+    if not path.exists():
+        raise FileNotFoundError(
+            f"No backbone file at {str(path)!r}; make it with "
+            "`python scripts/pretrain_embedded_backbone.py`."
+        )
+    return path
+
+
+def read_backbone_info(path: pathlib.Path = EMBEDDED_BACKBONE) -> tuple[T5Config, dict]:
+    """``(config, info)`` from ``path.json`` alone (no parameters read).
+
+    Raises:
+      FileNotFoundError: naming the missing file and the script that makes it.
+    """
+    meta = json.loads(_existing(pathlib.Path(path).with_suffix(".json")).read_text())
+    return T5Config(**meta.pop("config")), meta
+
+
+def read_backbone(path: pathlib.Path = EMBEDDED_BACKBONE) -> tuple[T5Config, Any, dict]:
     """Reads what :func:`save_backbone` wrote: ``(config, params, info)``.
 
     Raises:
@@ -57,14 +81,6 @@ def load_backbone(path: pathlib.Path = EMBEDDED_BACKBONE) -> tuple[T5Config, Any
     from flax import serialization
 
     path = pathlib.Path(path)
-    weights, meta_path = path.with_suffix(".msgpack"), path.with_suffix(".json")
-    for f in (weights, meta_path):
-        if not f.exists():
-            raise FileNotFoundError(
-                f"No backbone file at {str(f)!r}; make it with "
-                "`python scripts/pretrain_embedded_backbone.py`."
-            )
-    meta = json.loads(meta_path.read_text())
-    config = T5Config(**meta.pop("config"))
-    params = serialization.msgpack_restore(weights.read_bytes())
-    return config, params, meta
+    weights = _existing(path.with_suffix(".msgpack"))
+    config, info = read_backbone_info(path)
+    return config, serialization.msgpack_restore(weights.read_bytes()), info

@@ -27,9 +27,9 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+import flax.linen as nn
 import jax
 import numpy as np
-from flax.core import meta
 from safetensors.numpy import load_file, save_file
 
 from mpt_jax.prompts.generators import MultitaskPrompt
@@ -62,7 +62,7 @@ def flatten(tree: Mapping[str, Any]) -> dict[str, Any]:
             else:
                 flat[name] = value
 
-    visit(meta.unbox(tree), "")
+    visit(nn.unbox(tree), "")
     return flat
 
 
@@ -238,7 +238,7 @@ def export_peft(
     Load it with ``PeftModel.from_pretrained(t5_model, directory)``; PEFT's prompt
     encoder then returns ``shared * (task_cols[k] @ task_rows[k])`` like ours.
     """
-    params = meta.unbox(params)
+    params = nn.unbox(params)
     tasks, length, rank, embed = _mpt_shapes(params, "exported prompt")
     tensors = {
         peft: np.ascontiguousarray(np.asarray(jax.device_get(params[ours]), np.float32))

@@ -33,10 +33,10 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import flax.linen as nn
 import gin
 import jax
 import numpy as np
-from flax.core import meta
 
 from mpt_jax.prompts import initializers as inits
 
@@ -105,7 +105,7 @@ def init_from_source(
     source_task: int = 0,
     source_tasks: Sequence[int] | None = None,
     template: Mapping[str, Any] | None = None,
-    seed: int = 0,
+    seed: int | jax.Array = 0,
     perturbation: float = 1e-2,
 ) -> dict[str, np.ndarray]:
     """Builds a target MPT prompt tree ``{shared, task_cols, task_rows}`` from a source one.
@@ -122,7 +122,7 @@ def init_from_source(
       template: the target MultitaskPrompt's parameters (e.g. from ``init`` or
         ``jax.eval_shape``); its ``shared`` shape must equal the source's, and
         ``T`` and ``r`` are read from it.
-      seed: random seed of the fresh factors of ``shared_only``.
+      seed: random seed (an int, or a PRNG key) of the fresh factors of ``shared_only``.
       perturbation: their symmetry-breaking scale (see ``ones_factor_cols``).
 
     Returns:
@@ -139,7 +139,7 @@ def init_from_source(
     num_source, length, source_rank = cols.shape
     dim = shared.shape[1]
     if template is not None:
-        template = meta.unbox(template)
+        template = nn.unbox(template)
         want = tuple(template["shared"].shape)
         if want != shared.shape:
             raise ValueError(
@@ -160,7 +160,7 @@ def init_from_source(
         raise ValueError(f"rank {rank} out of range [1, {min(length, dim)}]")
 
     if method == "shared_only":
-        keys = jax.random.split(jax.random.key(seed))
+        keys = jax.random.split(seed if isinstance(seed, jax.Array) else jax.random.key(seed))
         task_cols = np.asarray(
             inits.ones_factor_cols(perturbation)(keys[0], (num_target_tasks, length, rank))
         )

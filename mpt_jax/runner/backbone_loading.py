@@ -44,6 +44,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pathlib
 from collections.abc import Callable
 from typing import Any
 
@@ -54,6 +55,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mpt_jax import assets
 from mpt_jax.backbone import T5, T5Config, get_config, t5x_checkpoint
 
 PyTree = Any
@@ -156,11 +158,7 @@ def _hf_vocabulary(checkpoint: str):
 
 
 def _embedded_path(checkpoint: str) -> str:
-    if checkpoint == "embedded":
-        from mpt_jax import assets
-
-        return str(assets.EMBEDDED_BACKBONE) + ".msgpack"
-    return checkpoint
+    return str(assets.EMBEDDED_BACKBONE) + ".msgpack" if checkpoint == "embedded" else checkpoint
 
 
 def _is_embedded(checkpoint: str) -> bool:
@@ -174,8 +172,12 @@ def _is_embedded(checkpoint: str) -> bool:
 
 
 def _embedded_config(checkpoint: str) -> T5Config:
-    with open(_embedded_path(checkpoint).removesuffix(".msgpack") + ".json") as f:
-        return T5Config(**json.load(f)["config"])
+    return assets.read_backbone_info(pathlib.Path(_embedded_path(checkpoint)))[0]
+
+
+def _embedded_read(checkpoint: str, config: T5Config) -> PyTree:
+    del config  # the tree is checked against it by the caller
+    return assets.read_backbone(pathlib.Path(_embedded_path(checkpoint)))[1]
 
 
 def _embedded_vocabulary(checkpoint: str):
@@ -188,7 +190,7 @@ def _embedded_vocabulary(checkpoint: str):
 
 
 def _msgpack_read(checkpoint: str, config: T5Config) -> PyTree:
-    with open(_embedded_path(checkpoint), "rb") as f:
+    with open(checkpoint, "rb") as f:
         tree = flax.serialization.msgpack_restore(f.read())
     return tree.get("params", tree)
 
@@ -241,7 +243,7 @@ FORMATS: list[BackboneFormat] = [
         "huggingface", lambda c: _hf_dir(c) is not None, _hf_read, _hf_config, _hf_vocabulary
     ),  # fmt: skip
     BackboneFormat(
-        "embedded", _is_embedded, _msgpack_read, _embedded_config, _embedded_vocabulary
+        "embedded", _is_embedded, _embedded_read, _embedded_config, _embedded_vocabulary
     ),  # fmt: skip
     BackboneFormat("msgpack", lambda c: c.endswith(".msgpack"), _msgpack_read),
     BackboneFormat("safetensors", lambda c: c.endswith(".safetensors"), _safetensors_read),

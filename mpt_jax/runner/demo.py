@@ -5,8 +5,10 @@ Nothing is downloaded. The backbone is the small T5 the package ships
 on instructed members of the benchmark's task family, never on a benchmark task); the
 data come from :mod:`mpt_jax.data.synthetic` (6 source and 4 held-out target tasks that
 count one shared anchor set against their own set; the targets' sets are never a
-source's). Only prompts train, each stage as a :class:`~mpt_jax.training.run_group.
-RunGroup` (all runs of a stage in one ``vmap``-ed step):
+source's). Only prompts train. Each stage is the runner's stage function
+(:mod:`mpt_jax.runner.stages`: the same generators, objectives, initialisers and
+optimizers), called once per run and trained as one :class:`~mpt_jax.training.run_group.
+RunGroup` (all runs of a stage in one ``vmap``-ed step, :func:`stages.run_group`):
 
 1. **Teachers and SPoT's source prompt**: one prompt per source task (a ``TaskPrompts``
    table optimised row by row) and, beside it, one prompt on the whole source mixture.
@@ -49,12 +51,14 @@ from mpt_jax import assets
 from mpt_jax.data import synthetic
 from mpt_jax.decoding import shift_right
 from mpt_jax.model import PromptedT5
-from mpt_jax.prompts import MultitaskPrompt, SinglePrompt, TaskPrompts
+from mpt_jax.prompts import SinglePrompt
 from mpt_jax.prompts.accounting import count_parameters
 from mpt_jax.prompts.source_init import init_from_source
-from mpt_jax.training.objectives import Distillation, distillation_loss_fn, task_loss_fn
-from mpt_jax.training.optimizers import PromptRecipe, task_axis_params
-from mpt_jax.training.run_group import RunGroup, stack
+from mpt_jax.runner import stages
+from mpt_jax.runner.stages import SourcePrompt, Stage, StageContext
+from mpt_jax.training import optimizers
+from mpt_jax.training.objectives import Distillation
+from mpt_jax.training.optimizers import PromptRecipe
 
 PyTree = Any
 INPUT_LENGTH = 12  # at most 10 symbols + EOS, rounded up
@@ -69,11 +73,9 @@ MPT_SCRATCH, MPT_NO_KD, MPT, MPT_MULTI = (
 )
 METHODS = (PT, PT_RMS, SPOT, MPT_SCRATCH, MPT_NO_KD, MPT, MPT_MULTI)
 
-#: The rates of MPT's task factors ``U``, ``V`` in the MPT stages' default recipe (the other
-#: parameters keep ``recipe``'s rate). At 0.3, ``U V`` (which multiplies ``P``) grows the task
-#: prompts to RMS 15-61 and MPT w/o distillation fits its sources to 70.2%; at 0.03, 98.2%
-#: (same start, same batches; README, "The default run").
-MPT_FACTOR_RATES = {"task_cols": 0.03, "task_rows": 0.03}
+#: The rates of MPT's task factors ``U``, ``V`` (defined once, for the runner's MPT stages
+#: too, in :data:`mpt_jax.training.optimizers.MPT_FACTOR_RATES`).
+MPT_FACTOR_RATES = optimizers.MPT_FACTOR_RATES
 
 #: What ``quick=True`` sets (a smoke run of every stage; its numbers mean little).
 QUICK = dict(
@@ -90,25 +92,12 @@ QUICK = dict(
 )
 
 
-# -- stages as run groups ---------------------------------------------------------------------
-
-
-def group(model: PromptedT5, recipe: PromptRecipe, loss_fn=None) -> RunGroup:
-    """Runs of ``model``'s prompt with the recipe's optimizer (rows of task-indexed
-    parameters optimised per task) and ``loss_fn`` (default: the task loss)."""
-    task_axis = task_axis_params(model.prompt, model.config.emb_dim)
-    return RunGroup(task_loss_fn(model) if loss_fn is None else loss_fn, recipe.build(task_axis))
+# -- helpers ----------------------------------------------------------------------------------
 
 
 def rms(x) -> float:
     """Root mean square ``sqrt(mean(x²))`` of an array."""
     return float(np.sqrt(np.mean(np.square(np.asarray(x, np.float64)))))
-
-
-def fresh(generator: nn.Module, dim: int, key: jax.Array) -> PyTree:
-    """The generator's own initial parameters."""
-    ids, embedded = jnp.zeros((1,), jnp.int32), jnp.zeros((1, 1, dim), jnp.float32)
-    return nn.meta.unbox(generator.init(key, ids, embedded)["params"])
 
 
 def prompts_of(generator: nn.Module, params: PyTree, num_tasks: int) -> jax.Array:
@@ -234,11 +223,12 @@ def train_sources(
     batch_per_task,
     seed,
 ) -> Sources:
-    """Teachers + SPoT's mixture prompt (one group), then MPT with and without distillation
-    (two groups). All benchmark seeds train together: run ``b`` of a group (``2b``, ``2b + 1``
-    in the first) belongs to benchmark ``b``."""
-    dim, frozen, n = config.emb_dim, {"backbone": backbone}, len(benches)
-    num_sources = benches[0].num_source
+    """:func:`stages.teacher` for the teachers and SPoT's mixture prompt (one group), then
+    :func:`stages.source` with and without teachers (two groups). All benchmark seeds train
+    together: run ``b`` of a group (``2b``, ``2b + 1`` in the first) belongs to benchmark ``b``."""
+    frozen, n = {"backbone": backbone}, len(benches)
+    names = tuple(t.name for t in benches[0].source_tasks)
+    ctx = lambda key: StageContext(names, config, backbone, key)
     pools = [
         [
             encode(bench.examples(t, "train", train_size), i)
@@ -255,12 +245,13 @@ def train_sources(
 
     # Teachers (run 2b) and SPoT's mixture prompt (run 2b + 1: every example is task 0, so
     # only row 0 of its table trains; the other rows get no gradient and stay put).
-    table = TaskPrompts(num_tasks=num_sources, length=prompt_length, embed_dim=dim)
-    teacher_model = PromptedT5(config, table)
-    teachers = group(teacher_model, recipe)
-    state = teachers.init(
-        stack([fresh(table, dim, k) for k in jax.random.split(next(keys), 2 * n)])
+    teachers, params, _ = stages.run_group(
+        [
+            stages.teacher(ctx(k), prompt_fields={"length": prompt_length}, recipe=recipe)
+            for k in jax.random.split(next(keys), 2 * n)
+        ]
     )
+    state = teachers.init(params)
     rngs, spot_ids = jax.random.split(next(keys), 2 * n), np.tile([[1], [0]], (n, 1))
     for i in range(teacher_steps):
         batch = batches(i, 0, 2)
@@ -269,24 +260,27 @@ def train_sources(
         )
     tables = np.asarray(state.params["task_prompts"])
 
-    # MPT (λ from ``distillation``) and MPT w/o distillation (the task loss), same start.
-    mpt_gen = MultitaskPrompt(
-        num_tasks=num_sources, length=prompt_length, embed_dim=dim, num_ranks=rank
+    # MPT (λ from ``distillation``, each benchmark's teachers) and MPT w/o distillation (the
+    # task loss), same start.
+    start = ctx(next(keys))
+    student = functools.partial(
+        stages.source,
+        start,
+        prompt_fields={"length": prompt_length, "num_ranks": rank},
+        distillation=distillation,
+        recipe=mpt_recipe,
     )
-    student = PromptedT5(config, mpt_gen)
-    students = [
-        group(student, mpt_recipe, distillation_loss_fn(student, teacher_model, distillation)),
-        group(student, mpt_recipe),
+    groups = [
+        stages.run_group([student(SourcePrompt({"task_prompts": t}, names)) for t in tables[0::2]]),
+        stages.run_group([student(None)] * n),
     ]
-    start = stack([fresh(mpt_gen, dim, next(keys))] * n)
-    states = [g.init(start) for g in students]
-    per_run = [{"teacher_prompt": {"task_prompts": jnp.asarray(tables[0::2])}}, {}]
+    states = [g.init(p) for g, p, _ in groups]
     rngs = jax.random.split(next(keys), n)
     for i in range(source_steps):
         batch = batches(i, 1, 1)
         states = [
-            g.step(st, frozen, pr, batch, rngs)[0]
-            for g, st, pr in zip(students, states, per_run, strict=True)
+            g.step(st, frozen, per_run, batch, rngs)[0]
+            for (g, _, per_run), st in zip(groups, states, strict=True)
         ]
     mpt, no_kd = (jax.tree.map(np.asarray, st.params) for st in states)
     return Sources(tables[0::2], tables[1::2, 0], mpt, no_kd)
@@ -302,38 +296,64 @@ class Unit:
     seed: int
 
 
+@dataclasses.dataclass(frozen=True)
+class TargetGroup:
+    """Target runs of one generator, trained as one group: ``runs`` are method-major, then
+    one per unit (per (bench, k, seed) when ``multi``: one prompt for every target task)."""
+
+    methods: list[str]
+    runs: list[Stage]
+    multi: bool
+    recipe: PromptRecipe
+
+    @property
+    def prompt(self) -> nn.Module:
+        return self.runs[0].prompt
+
+
 def target_groups(
-    config, sources: Sources, units: list[Unit], *, prompt_length, rank, num_targets, seed
-) -> list[tuple[nn.Module, list[str], PyTree, bool]]:
-    """``(generator, methods, initial params [len(methods) · runs, ...], multi_target)`` of each
-    target group; runs are method-major, then one per unit (per (bench, k, seed) for the
-    multi-target group)."""
-    dim = config.emb_dim
-    single = SinglePrompt(length=prompt_length, embed_dim=dim)
-    one = MultitaskPrompt(num_tasks=1, length=prompt_length, embed_dim=dim, num_ranks=rank)
-    many = MultitaskPrompt(
-        num_tasks=num_targets, length=prompt_length, embed_dim=dim, num_ranks=rank
-    )
+    config,
+    backbone,
+    benches,
+    sources: Sources,
+    units: list[Unit],
+    recipe: PromptRecipe,
+    mpt_recipe: PromptRecipe,
+    *,
+    prompt_length,
+    rank,
+    seed,
+) -> list[TargetGroup]:
+    """The target stages of every method and unit: :func:`stages.prompt_tuning` (fresh, and
+    rescaled to SPoT's RMS), :func:`stages.spot`, :func:`stages.target` (fresh, and the
+    ``average`` of each source MPT prompt, one target task or all)."""
+    targets = tuple(t.name for t in benches[0].target_tasks)
+    sources_of = tuple(t.name for t in benches[0].source_tasks)
     key = lambda u: jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), u.seed), u.task)
-    bench_tree = lambda tree, b: jax.tree.map(lambda x: x[b], tree)
-    average = lambda tree, b, n: init_from_source(
-        bench_tree(tree, b), "average", num_target_tasks=n, rank=rank
-    )
-    pt = [fresh(single, dim, key(u)) for u in units]
-    pt_rms = [
-        {"shared": p["shared"] * rms(sources.spot[u.bench]) / rms(p["shared"])}
-        for p, u in zip(pt, units, strict=True)
-    ]
-    spot = [{"shared": jnp.asarray(sources.spot[u.bench])} for u in units]
-    scratch = [fresh(one, dim, key(u)) for u in units]
-    no_kd = [average(sources.mpt_no_kd, u.bench, 1) for u in units]
-    mpt = [average(sources.mpt, u.bench, 1) for u in units]
-    multi = [average(sources.mpt, u.bench, num_targets) for u in multi_units(units)]
+    ctx = lambda u: StageContext((targets[u.task],), config, backbone, key(u))
+    single, mpt = {"length": prompt_length}, {"length": prompt_length, "num_ranks": rank}
+    pt = [stages.prompt_tuning(ctx(u), prompt_fields=single, recipe=recipe) for u in units]
+    pt_rms = [at_rms(st, rms(sources.spot[u.bench])) for st, u in zip(pt, units, strict=True)]
+    spot_of = lambda u: SourcePrompt({"shared": sources.spot[u.bench]}, ("mixture",))
+    spot = [stages.spot(ctx(u), spot_of(u), prompt_fields=single, recipe=recipe) for u in units]
+    target = functools.partial(stages.target, prompt_fields=mpt, recipe=mpt_recipe)
+    source = lambda tree, b: SourcePrompt(jax.tree.map(lambda x: x[b], tree), sources_of)
+    scratch = [target(ctx(u), init="fresh") for u in units]
+    no_kd = [target(ctx(u), source(sources.mpt_no_kd, u.bench)) for u in units]
+    mpt_runs = [target(ctx(u), source(sources.mpt, u.bench)) for u in units]
+    every = StageContext(targets, config, backbone, seed)
+    multi = [target(every, source(sources.mpt, u.bench)) for u in multi_units(units)]
     return [
-        (single, [PT, PT_RMS, SPOT], stack(pt + pt_rms + spot), False),
-        (one, [MPT_SCRATCH, MPT_NO_KD, MPT], stack(scratch + no_kd + mpt), False),
-        (many, [MPT_MULTI], stack(multi), True),
+        TargetGroup([PT, PT_RMS, SPOT], pt + pt_rms + spot, False, recipe),
+        TargetGroup([MPT_SCRATCH, MPT_NO_KD, MPT], scratch + no_kd + mpt_runs, False, mpt_recipe),
+        TargetGroup([MPT_MULTI], multi, True, mpt_recipe),
     ]
+
+
+def at_rms(stage: Stage, rho: float) -> Stage:
+    """``stage`` with its single prompt scaled to RMS ``rho`` (scale without content)."""
+    shared = stage.params["shared"]
+    return dataclasses.replace(stage, params={"shared": shared * rho / rms(shared)})
 
 
 def multi_units(units: list[Unit]) -> list[Unit]:
@@ -397,24 +417,26 @@ def adapt_targets(
     }
     groups = target_groups(
         config,
+        backbone,
+        benches,
         sources,
         units,
+        recipe,
+        mpt_recipe,
         prompt_length=prompt_length,
         rank=rank,
-        num_targets=len(targets),
         seed=seed,
     )
     frozen = {"backbone": backbone}
     trained = []  # [generator, multi, group, state, rows [(method, lr, unit)], scale, rngs]
-    for gen, methods, params, multi in groups:
-        run_units = multi_units(units) if multi else units
-        rows = [(m, lr, u) for lr in learning_rates for m in methods for u in run_units]
+    for g in groups:
+        run_units = multi_units(units) if g.multi else units
+        rows = [(m, lr, u) for lr in learning_rates for m in g.methods for u in run_units]
+        runs, params, _ = stages.run_group(g.runs)
         params = jax.tree.map(lambda x: jnp.concatenate([x] * len(learning_rates)), params)
-        rec = mpt_recipe if "task_cols" in params else recipe
-        scale = jnp.asarray([lr / rec.learning_rate for _, lr, _ in rows], jnp.float32)
-        runs = group(PromptedT5(config, gen), rec)
+        scale = jnp.asarray([lr / g.recipe.learning_rate for _, lr, _ in rows], jnp.float32)
         rngs = jax.random.split(jax.random.key(seed + 1), len(rows))
-        trained.append([gen, multi, runs, runs.init(params), rows, scale, rngs])
+        trained.append([g.prompt, g.multi, runs, runs.init(params), rows, scale, rngs])
 
     def unit_batch(u: Unit, step: int) -> dict:
         rng = np.random.default_rng((seed, u.bench, u.task, u.shots, u.seed, step))
@@ -550,8 +572,10 @@ def main(
       recipe: the optimizer of every stage (None: the gin-bound ``PromptRecipe()``,
         prompt tuning's Adafactor at 0.3); teachers and sources train at its rate.
       mpt_recipe: the recipe of the MPT prompts' stages, sources and targets (None:
-        ``recipe`` with the task factors ``U``, ``V`` at :data:`MPT_FACTOR_RATES` unless
-        ``recipe.learning_rates`` names them; a target rate scales every rate alike).
+        ``recipe``); as in the runner, the task factors ``U``, ``V`` train at
+        :data:`~mpt_jax.training.optimizers.MPT_FACTOR_RATES` unless it names them
+        (:func:`~mpt_jax.training.optimizers.mpt_recipe`; a target rate scales every rate
+        alike).
       distillation: MPT's λ and τ (None: the gin-bound ``Distillation()``).
       prompt_length / rank: ``L`` of every prompt; ``r`` of the task factors.
       teacher_steps / source_steps / target_steps: optimizer steps of each stage.
@@ -601,7 +625,7 @@ def main(
     log = print if verbose else (lambda *a, **k: None)
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    config, backbone_params, info = assets.load_backbone(
+    config, backbone_params, info = assets.read_backbone(
         assets.EMBEDDED_BACKBONE if backbone is None else pathlib.Path(backbone)
     )
     held = info.get("benchmark", {}).get("held_out_seeds", [0])
@@ -621,9 +645,7 @@ def main(
     # ---- 1-2. teachers, SPoT's prompt, MPT with and without distillation --------------------
     t0 = time.time()
     recipe = PromptRecipe() if recipe is None else recipe
-    if mpt_recipe is None:
-        rates = {**MPT_FACTOR_RATES, **dict(recipe.learning_rates)}
-        mpt_recipe = dataclasses.replace(recipe, learning_rates=rates)
+    mpt_recipe = optimizers.mpt_recipe(recipe) if mpt_recipe is None else mpt_recipe
     distillation = Distillation() if distillation is None else distillation
     sources = train_sources(
         backbone_params,
@@ -786,9 +808,9 @@ def source_rms(sources: Sources, rank: int) -> dict:
 def summarise(history, validation, groups, shots, seeds, num_benches, learning_rates):
     """Per method: the rate with the best validation EM, and at that rate the test scores
     (step 0 and final, mean and std over (benchmark, seed)), curves and prompt RMS."""
-    methods = [m for _, ms, _, _ in groups for m in ms]
+    methods = [m for g in groups for m in g.methods]
     params_per_task = {
-        m: int(count_parameters(gen).per_task) for gen, ms, _, _ in groups for m in ms
+        m: int(count_parameters(g.prompt).per_task) for g in groups for m in g.methods
     }
 
     def select(keys, values, m, lr, k=None):

@@ -39,8 +39,18 @@ Stages:
 A prompt started from a source (:func:`target`, :func:`spot`) can be rescaled to the RMS
 of a fresh prompt or of the token embeddings (:class:`~mpt_jax.prompts.source_init.
 Rescale`). Generators get ``num_tasks`` and ``embed_dim`` from the run; everything else
-(``length``, ranks, inits, composition) from their own gin bindings, e.g.
-``prompts.MultitaskPrompt.length = 100``.
+(``length``, ranks, inits, composition) from ``prompt_fields`` when the caller passes them
+(the demo: ``prompt_fields={"length": 8, "num_ranks": 1}``), else from their own gin
+bindings (the runner: ``prompts.MultitaskPrompt.length = 100``).
+
+The MPT stages (:func:`source` with a ``MultitaskPrompt``, :func:`target`) train the task
+factors ``U``, ``V`` at :data:`~mpt_jax.training.optimizers.MPT_FACTOR_RATES` unless the
+recipe names them (:func:`~mpt_jax.training.optimizers.mpt_recipe`, gin:
+``mpt_recipe.factor_rates``).
+
+Runs that differ only in their start (seeds, sources) share a stage's model, objective and
+optimizer; :func:`run_group` stacks them for :class:`~mpt_jax.training.run_group.RunGroup`,
+which trains them in one ``vmap``-ed step (the demo).
 """
 
 from __future__ import annotations
@@ -65,9 +75,11 @@ from mpt_jax.prompts.generators import MultitaskPrompt, SinglePrompt, TaskPrompt
 from mpt_jax.training import identity
 from mpt_jax.training.checkpoints import Checkpointer, checkpoint_dir
 from mpt_jax.training.objectives import Distillation, LossFn, distillation_loss_fn, task_loss_fn
-from mpt_jax.training.optimizers import PromptRecipe, task_axis_params
+from mpt_jax.training.optimizers import PromptRecipe, mpt_recipe, task_axis_params
+from mpt_jax.training.run_group import RunGroup, stack
 
 PyTree = Any
+Seed = int | jax.Array  # an int seed, or a PRNG key (jax.random.key)
 MPT_PARAMS = frozenset({"shared", "task_cols", "task_rows"})
 
 
@@ -80,13 +92,14 @@ class StageContext:
       config: the backbone configuration.
       backbone: the frozen backbone parameters (for vocabulary-based inits and the
         embedding RMS).
-      seed: the run's seed for random prompt initialisation.
+      seed: the run's seed for random prompt initialisation: an int, or a PRNG key
+        (``jax.random.key``; the demo folds its own).
     """
 
     task_names: tuple[str, ...]
     config: T5Config
     backbone: PyTree
-    seed: int = 0
+    seed: Seed = 0
 
     @property
     def num_tasks(self) -> int:
@@ -179,12 +192,39 @@ def _class_of(prompt_class) -> type:
     return prompt_class
 
 
-def init_prompt(generator: nn.Module, embed_dim: int, seed: int) -> PyTree:
-    """The generator's own initial parameters (numpy leaves)."""
+def init_prompt(generator: nn.Module, embed_dim: int, seed: Seed) -> PyTree:
+    """The generator's own initial parameters (numpy leaves); ``seed`` an int or a key."""
+    key = seed if isinstance(seed, jax.Array) else jax.random.key(seed)
     task_ids = jnp.zeros((1,), jnp.int32)
     embedded = jnp.zeros((1, 1, embed_dim), jnp.float32)
-    variables = generator.init(jax.random.key(seed), task_ids, embedded, jnp.ones((1, 1)))
+    variables = generator.init(key, task_ids, embedded, jnp.ones((1, 1)))
     return jax.tree.map(np.asarray, nn.unbox(variables["params"]))
+
+
+def run_group(runs: Sequence[Stage]) -> tuple[RunGroup, PyTree, PyTree]:
+    """Runs of one stage that differ only in their start, as one vmapped group.
+
+    Args:
+      runs: ``R`` stages of one model, objective and optimizer (e.g. one stage function
+        called per seed or per source); their ``params`` and ``frozen`` may differ.
+
+    Returns:
+      ``(group, params [R, ...], per_run frozen [R, ...])``: a :class:`RunGroup` of the
+      first run's objective and optimizer, and the runs' initial prompts and frozen trees
+      (each run's teachers) stacked for :meth:`RunGroup.init` and :meth:`RunGroup.step`.
+
+    Raises:
+      ValueError: when the runs' models differ (one group compiles one model).
+    """
+    first = runs[0]
+    for r in runs[1:]:
+        if r.model != first.model or set(r.frozen) != set(first.frozen):
+            raise ValueError(
+                f"runs of one group must share the stage's model and frozen trees; "
+                f"{first.name!r} has {first.prompt}, a run has {r.prompt}"
+            )
+    group = RunGroup(first.loss_fn, first.optimizer)
+    return group, stack([r.params for r in runs]), stack([dict(r.frozen) for r in runs])
 
 
 def _stage(
@@ -197,8 +237,11 @@ def _stage(
     loss_fn: Callable[[PromptedT5], LossFn] = task_loss_fn,
     frozen: Mapping[str, PyTree] | None = None,
 ) -> Stage:
-    """The stage's model, objective and optimizer around ``prompt`` and ``params``."""
+    """The stage's model, objective and optimizer around ``prompt`` and ``params``; an MPT
+    prompt's factors train at :func:`mpt_recipe`'s rates."""
     recipe = PromptRecipe() if recipe is None else recipe
+    if isinstance(prompt, MultitaskPrompt):
+        recipe = mpt_recipe(recipe)
     model = PromptedT5(ctx.config, prompt)
     optimizer = recipe.build(task_axis_params(prompt, ctx.config.emb_dim))
     return Stage(name, model, params, loss_fn(model), optimizer, dict(frozen or {}),
@@ -252,11 +295,13 @@ def teacher(
     ctx: StageContext,
     *,
     prompt_class: Callable[..., nn.Module] = TaskPrompts,
+    prompt_fields: Mapping[str, Any] | None = None,
     recipe: PromptRecipe | None = None,
 ) -> Stage:
     """One vanilla prompt per task (``TaskPrompts`` ``[T, L, D]``), trained independently
-    per task (see the module doc); ``recipe``: None = the gin-bound ``PromptRecipe()``."""
-    prompt = build_generator(prompt_class, ctx)
+    per task (see the module doc); ``prompt_fields``: the generator's fields (None: its gin
+    bindings); ``recipe``: None = the gin-bound ``PromptRecipe()``."""
+    prompt = build_generator(prompt_class, ctx, **(prompt_fields or {}))
     return _stage("teacher", ctx, prompt, init_prompt(prompt, ctx.config.emb_dim, ctx.seed),
                   recipe, {})  # fmt: skip
 
@@ -267,6 +312,7 @@ def source(
     teachers: SourcePrompt | None = None,
     *,
     prompt_class: Callable[..., nn.Module] = MultitaskPrompt,
+    prompt_fields: Mapping[str, Any] | None = None,
     distillation: Distillation | None = None,
     recipe: PromptRecipe | None = None,
 ) -> Stage:
@@ -278,11 +324,14 @@ def source(
         loss alone (the ablation "MPT without distillation").
       prompt_class: the student generator (MPT's ``MultitaskPrompt`` by default; a
         ``ComposedPrompt`` for the composition ablations).
+      prompt_fields: the student's fields besides ``num_tasks`` / ``embed_dim`` (e.g.
+        ``{"length": 8, "num_ranks": 1}``); None: its gin bindings.
       distillation: λ, τ and the hidden states compared; None = the gin-bound
         ``Distillation()``.
-      recipe: the optimizer; None = the gin-bound ``PromptRecipe()``.
+      recipe: the optimizer; None = the gin-bound ``PromptRecipe()``. A ``MultitaskPrompt``'s
+        factors train at :func:`~mpt_jax.training.optimizers.mpt_recipe`'s rates.
     """
-    prompt = build_generator(prompt_class, ctx)
+    prompt = build_generator(prompt_class, ctx, **(prompt_fields or {}))
     params = init_prompt(prompt, ctx.config.emb_dim, ctx.seed)
     if teachers is None:
         return _stage("source", ctx, prompt, params, recipe, {"distill": False})
@@ -320,6 +369,7 @@ def target(
     source_task: str | None = None,
     source_tasks: Sequence[str] | None = None,
     rescale: source_init.Rescale | None = None,
+    prompt_fields: Mapping[str, Any] | None = None,
     recipe: PromptRecipe | None = None,
 ) -> Stage:
     """MPT target adaptation (``MultitaskPrompt``, T = the target tasks).
@@ -334,11 +384,14 @@ def target(
       source_tasks: for ``average``: the source tasks (by name) to average (None: all).
       rescale: the RMS the started prompt is brought to (None: the gin-bound
         ``prompts.Rescale()``, off by default).
-      recipe: the optimizer; None = the gin-bound ``PromptRecipe()``.
+      prompt_fields: the ``MultitaskPrompt``'s fields besides ``num_tasks`` / ``embed_dim``
+        (e.g. ``{"length": 8, "num_ranks": 1}``); None: its gin bindings.
+      recipe: the optimizer; None = the gin-bound ``PromptRecipe()``; the factors train at
+        :func:`~mpt_jax.training.optimizers.mpt_recipe`'s rates.
     """
     if init not in TARGET_INITS:
         raise ValueError(f"stages.target.init must be one of {TARGET_INITS}, got {init!r}")
-    prompt = build_generator(MultitaskPrompt, ctx)
+    prompt = build_generator(MultitaskPrompt, ctx, **(prompt_fields or {}))
     fresh = init_prompt(prompt, ctx.config.emb_dim, ctx.seed)
     meta = {"init": init, "source_dir": None if source is None else source.origin,
             "source_task": source_task, "source_tasks": list(source_tasks or [])}  # fmt: skip
@@ -391,16 +444,18 @@ def prompt_tuning(
     init: str = "random",
     num_vocab_ids: int | None = 5000,
     one_per_task: bool = False,
+    prompt_fields: Mapping[str, Any] | None = None,
     recipe: PromptRecipe | None = None,
 ) -> Stage:
     """Vanilla prompt tuning (Lester et al. 2021): one ``SinglePrompt`` (or one prompt per
     task with ``one_per_task``), started from ``SinglePrompt``'s own initialiser (``"random"``)
     or from embeddings of token ids sampled from the first ``num_vocab_ids`` rows of the
     backbone's embedding table (``"vocab"``, as the paper does with the 5,000 most
-    frequent pieces; None samples the whole table)."""
+    frequent pieces; None samples the whole table). ``prompt_fields``: the generator's
+    fields (e.g. ``{"length": 8}``; None: its gin bindings)."""
     if init not in PROMPT_TUNING_INITS:
         raise ValueError(f"prompt_tuning.init must be one of {PROMPT_TUNING_INITS}, got {init!r}")
-    kwargs = {}
+    kwargs = dict(prompt_fields or {})
     if init == "vocab":
         table = _embeddings(ctx)
         ids = None if num_vocab_ids is None else min(num_vocab_ids, table.shape[0])
@@ -442,14 +497,17 @@ def spot(
     *,
     source_task: str | None = None,
     rescale: source_init.Rescale | None = None,
+    prompt_fields: Mapping[str, Any] | None = None,
     recipe: PromptRecipe | None = None,
 ) -> Stage:
     """SPoT (Vu et al. 2022): a ``SinglePrompt`` started from a source prompt (see
     :func:`source_prompt` for what is read from each kind of source), rescaled by
-    ``rescale`` (None: the gin-bound ``prompts.Rescale()``)."""
+    ``rescale`` (None: the gin-bound ``prompts.Rescale()``). The prompt's length is the
+    source's; ``prompt_fields`` give its other fields (None: its gin bindings)."""
     _check_source_identity(source, ctx, mpt=set(source.params) == MPT_PARAMS)
     start = source_prompt(source.params, source.index, source_task)
-    prompt = build_generator(SinglePrompt, ctx, length=start.shape[0])
+    fields = {**(prompt_fields or {}), "length": start.shape[0]}
+    prompt = build_generator(SinglePrompt, ctx, **fields)
     fresh = init_prompt(prompt, ctx.config.emb_dim, ctx.seed)
     if fresh["shared"].shape != start.shape:
         raise ValueError(
@@ -467,6 +525,7 @@ def generator(
     ctx: StageContext,
     prompt_class: Callable[..., nn.Module] = gin.REQUIRED,
     *,
+    prompt_fields: Mapping[str, Any] | None = None,
     recipe: PromptRecipe | None = None,
 ) -> Stage:
     """Any generator from its own initialiser with the task loss (composition ablations,
@@ -475,7 +534,9 @@ def generator(
         train.stage = @stages.generator
         stages.generator.prompt_class = @prompts.ComposedPrompt
         prompts.ComposedPrompt.composition = "gated"
+
+    ``prompt_fields``: the generator's fields (None: its gin bindings).
     """
-    prompt = build_generator(prompt_class, ctx)
+    prompt = build_generator(prompt_class, ctx, **(prompt_fields or {}))
     return _stage("generator", ctx, prompt, init_prompt(prompt, ctx.config.emb_dim, ctx.seed),
                   recipe, {"prompt_class": type(prompt).__name__})  # fmt: skip
