@@ -171,6 +171,7 @@ def train(
         generator=st.prompt,
         extra_meta={**st.meta, "mixture_or_task_name": mixture_or_task_name, "identity": record},
         on_started=write_run_files,
+        rates_at=None if st.recipe is None else st.recipe.rates_at,
     )
     with open(os.path.join(model_dir, "operative_config.gin"), "w") as f:
         f.write(gin.operative_config_str())

@@ -78,8 +78,11 @@ class Run:
     Fixed for the run: ``model_dir`` (None: nothing is written), ``task_names`` (the
     task-id mapping, id order), ``num_steps``, ``log_every`` (the record period),
     ``backbone`` (how the backbone was obtained), ``meta`` (JSON facts stored with each
-    checkpoint), ``frozen`` (the frozen tree), ``evaluate`` and ``generator`` (the prompt
-    generator module, or None).
+    checkpoint), ``frozen`` (the frozen tree), ``evaluate``, ``generator`` (the prompt
+    generator module, or None) and ``rates_at`` (``rates_at(step) -> {"learning_rate": v,
+    "learning_rate/<group>": v}``, the optimizer's rates at a step, e.g.
+    :meth:`~mpt_jax.training.optimizers.PromptRecipe.rates_at`; None: read them from an
+    ``optax.inject_hyperparams`` state, if any).
     Changing: ``state`` (the current :class:`TrainState`, on device; donated by the next
     step, so read it inside a hook only), ``data_position`` (batches consumed),
     ``start_step`` (the step the run started or resumed at), ``batch`` (the host batch of
@@ -99,6 +102,7 @@ class Run:
     frozen: PyTree = None
     evaluate: EvaluateFn | None = None
     generator: Any = None
+    rates_at: Callable[[int], Mapping[str, float]] | None = None
     data_position: int = 0
     start_step: int = 0
     batch: Mapping[str, np.ndarray] | None = None
@@ -550,11 +554,10 @@ class Console(Action):
 
     A line reads ``step 40/100  loss 1.234 (task_a 1.1, task_b 1.4)  lr 0.3  9.1 steps/s
     ETA 0:00:07``: the record's loss (mean since the last line), the per-task losses when
-    the objective reports them, the learning rate when the optimizer state holds it
-    (``optax.inject_hyperparams``), the largest RMS of a task's prompt, the training
-    steps/s since the first step (compile and evaluation time excluded) and the ETA at
-    that rate. The first step's time (compile included)
-    is printed on its own.
+    the objective reports them, the learning rate of the step (one per parameter group
+    with its own rate: ``lr 0.3  lr/task_cols 0.03``), the largest RMS of a task's prompt,
+    the training steps/s since the first step (compile and evaluation time excluded) and
+    the ETA at that rate. The first step's time (compile included) is printed on its own.
 
     Args:
       progress_bar: show a tqdm bar (None: only when stderr is a terminal).
