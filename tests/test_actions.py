@@ -4,6 +4,7 @@ nothing written before the first step) on the tiny model of ``_kill_worker``."""
 
 import json
 import os
+import shlex
 import signal
 
 import _kill_worker as worker
@@ -371,6 +372,22 @@ def test_a_signal_saves_the_step_and_exits_with_128_plus_signal(tmp_path, capsys
     assert "stopped by SIGTERM after step 2 of 5" in out
     assert "Resume with the same command:\n  mpt-jax train --gin.X=1" in out
     assert signal.getsignal(signal.SIGTERM) is previous  # handler restored
+
+
+def test_resume_command_quotes_only_what_needs_it_and_splits_back():
+    argv = ["mpt-jax", "train", "--gin_file=runner/source.gin", "--gin.MODEL_DIR='runs/x'",
+            "--gin.train_loop.num_steps=500", "--gin_bindings=train_loop.seed = 3",
+            '--gin.NOTE="a $HOME"', "--gin.E=", "my run", "it's", "",
+            "--gin.T=(1, 'a')"]  # fmt: skip
+    line = A.shell_join(argv)
+    assert line == (
+        "mpt-jax train --gin_file=runner/source.gin --gin.MODEL_DIR=\"'runs/x'\" "
+        '--gin.train_loop.num_steps=500 --gin_bindings="train_loop.seed = 3" '
+        "--gin.NOTE='\"a $HOME\"' --gin.E= \"my run\" \"it's\" '' --gin.T=\"(1, 'a')\""
+    )  # fmt: skip
+    assert shlex.split(line) == argv
+    with_specials = ["a`b", "x\\y", "!", "ü", "*", "~/x", "a\nb"]
+    assert shlex.split(A.shell_join(with_specials)) == with_specials
 
 
 def test_a_run_failing_before_its_first_step_writes_nothing(tmp_path):

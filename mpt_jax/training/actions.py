@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import shlex
 import signal
 import sys
@@ -364,6 +365,35 @@ class Evaluate(Action):
 # -- signals ----------------------------------------------------------------------------------
 
 
+#: What a POSIX shell reads as it is (shlex's set of safe characters).
+_PLAIN = re.compile(r"[\w@%+=:,./-]+", re.ASCII)
+
+
+def _shell_word(text: str) -> str:
+    """``text`` as one shell word: bare when plain, else in double quotes when nothing in it
+    is special there (``'runs/x'`` → ``"'runs/x'"``), else ``shlex.quote``."""
+    if _PLAIN.fullmatch(text):
+        return text
+    if not re.search(r'["$`\\!]', text):
+        return f'"{text}"'
+    return shlex.quote(text)
+
+
+def shell_join(argv: Sequence[str]) -> str:
+    """A command line a reader can check and a shell splits back into ``argv``: only what
+    needs it is quoted, and for ``--flag=value`` only the value, so a gin binding reads as
+    the README writes it (``--gin.MODEL_DIR="'runs/x'"``, not ``shlex.join``'s
+    ``'--gin.MODEL_DIR='"'"'runs/x'"'"''``)."""
+    words = []
+    for arg in argv:
+        flag, eq, value = arg.partition("=")
+        if eq and flag.startswith("-") and _PLAIN.fullmatch(flag):
+            words.append(f"{flag}={_shell_word(value) if value else ''}")
+        else:
+            words.append(_shell_word(arg) if arg else "''")
+    return " ".join(words)
+
+
 def _command_line() -> str:
     """This process's command line (``mpt-jax ...``; a script run by Python gets the
     interpreter in front)."""
@@ -372,7 +402,7 @@ def _command_line() -> str:
         argv[0] = "mpt-jax"
     elif argv and argv[0].endswith(".py"):
         argv.insert(0, sys.executable)
-    return shlex.join(argv)
+    return shell_join(argv)
 
 
 @gin.configurable(module="actions")
