@@ -106,7 +106,8 @@ COMMANDS: dict[str, Command] = {
         "the stage and backbone files the run was trained with",
         f"{_RUN} (MIXTURE is not needed with infer.input_file)",
         "MODEL_DIR/predictions_<split>.jsonl or infer.output_file: "
-        '{"task", "inputs", "prediction", "targets"} per line',
+        '{"task", "inputs", "prediction", "targets"} per line (a rank-scored task\'s split: '
+        'one line per input, each label\'s log-likelihood in "scores")',
         "mpt-jax infer --gin_file=runner/target.gin --gin_file=runner/embedded.gin \\\n"
         "    --gin.MODEL_DIR=\"'runs/target'\" --gin.SOURCE_DIR=\"'runs/source'\" \\\n"
         "    --gin.infer.input_file=\"'new.jsonl'\"",

@@ -8,6 +8,7 @@ import os
 import re
 import shlex
 
+import gin
 import numpy as np
 import pytest
 import seqio
@@ -100,6 +101,36 @@ def test_rank_scored_target_evaluates_and_infers_on_new_inputs(walkthrough):
     peft, config = prompt_io.import_peft(str(root / "tgt_adapter"))
     assert config["num_tasks"] == 1 and peft["shared"].shape[0] == 4  # tiny.gin: 4 tokens
     assert (root / "runs/tgt/learning_curves.png").stat().st_size > 1000
+
+
+def _infer_command() -> list[str]:
+    """The walk-through's ``mpt-jax infer`` argv (tiny backbone), without ``mpt-jax``."""
+    bash = next(b for lang, b in _blocks(_section()) if lang == "bash")
+    return next(argv for argv in _commands(bash) if argv[0] == "infer")
+
+
+def test_infer_on_a_rank_scored_split_gives_one_row_per_input(walkthrough):
+    """``tgt`` is rank-scored: its validation split holds one row per (input, label), but
+    infer writes one row per input with the best label and every label's score, and on
+    the inputs eval scored its accuracy is eval's ``tgt/accuracy`` at the same step."""
+    root, _ = walkthrough
+    argv = [a for a in _infer_command() if "input_file" not in a]
+    argv += ["--gin.MIXTURE='tgt'", "--gin.infer.split='validation'"]
+    assert cli.main(argv) == 0
+    rows = [json.loads(line) for line in open(root / "runs/tgt/predictions_validation.jsonl")]
+    gold = [json.loads(line) for line in open(root / "data/tgt/validation.jsonl")]
+    assert len(rows) == len(gold) == 64
+    assert [r["inputs"] for r in rows] == [g["text"] for g in gold]
+    assert [r["targets"] for r in rows] == [g["answer"] for g in gold]
+    for r in rows:
+        assert list(r["scores"]) == ["no", "yes"] and r["task"] == "tgt"
+        assert all(s < 0 for s in r["scores"].values())  # log-likelihoods
+        assert r["prediction"] == max(r["scores"], key=r["scores"].get)
+    # eval scored the first make_evaluate.num_examples rows (tiny.gin: 8 = 4 inputs × 2 labels)
+    inputs = gin.query_parameter("make_evaluate.num_examples") // 2
+    accuracy = 100 * np.mean([r["prediction"] == r["targets"] for r in rows[:inputs]])
+    evaluated = json.loads((root / "runs/tgt/eval_results.jsonl").read_text().splitlines()[-1])
+    assert accuracy == pytest.approx(evaluated["tgt/accuracy"])
 
 
 def test_rank_accuracy_formula():
