@@ -7,6 +7,8 @@ import json
 import os
 import re
 import shlex
+import subprocess
+import sys
 
 import gin
 import numpy as np
@@ -131,6 +133,27 @@ def test_infer_on_a_rank_scored_split_gives_one_row_per_input(walkthrough):
     accuracy = 100 * np.mean([r["prediction"] == r["targets"] for r in rows[:inputs]])
     evaluated = json.loads((root / "runs/tgt/eval_results.jsonl").read_text().splitlines()[-1])
     assert accuracy == pytest.approx(evaluated["tgt/accuracy"])
+
+
+def test_the_readme_infer_command_runs_as_its_own_process(walkthrough):
+    """The walk-through's infer line, verbatim but for the tiny backbone, as a user runs it:
+    a fresh ``python -m mpt_jax.cli`` process (the in-process run above did not catch its
+    crash, 'No Task or Mixture found with name data/new.jsonl'). Same checkpoint, same
+    greedy decoding: the same predictions as in-process."""
+    root, _ = walkthrough
+    path = root / "runs/tgt/predictions_new.jsonl"
+    in_process = [json.loads(line) for line in open(path)]
+    path.unlink()
+    result = subprocess.run([sys.executable, "-m", "mpt_jax.cli", *_infer_command()], cwd=root,
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in open(path)]
+    new = [json.loads(line) for line in open(root / "data/new.jsonl")]
+    assert len(rows) == len(new) == 8
+    assert all(list(r) == ["task", "inputs", "prediction"] for r in rows)
+    assert [r["inputs"] for r in rows] == [n["inputs"] for n in new]
+    assert rows == in_process
+    assert "Traceback" not in result.stderr and "ERROR" not in result.stderr
 
 
 def test_rank_accuracy_formula():
