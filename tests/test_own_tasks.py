@@ -156,6 +156,27 @@ def test_the_readme_infer_command_runs_as_its_own_process(walkthrough):
     assert "Traceback" not in result.stderr and "ERROR" not in result.stderr
 
 
+def test_a_refusal_at_run_time_is_one_message_not_a_traceback(walkthrough, capsys):
+    """A bad task in the file of new inputs is found once the job runs (after TensorFlow
+    and the backbone): one message naming the file, the line and the run's tasks, exit
+    status 2; ``--traceback`` raises it instead."""
+    from mpt_jax.runner.evaluation import InputFileError
+
+    root, _ = walkthrough
+    (root / "data/bad.jsonl").write_text('{"inputs": "x"}\n{"inputs": "y", "task": "tgtt"}\n')
+    argv = [a if "input_file" not in a else "--gin.infer.input_file='data/bad.jsonl'"
+            for a in _infer_command()]  # fmt: skip
+    capsys.readouterr()
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert ("mpt-jax infer: error: data/bad.jsonl:2: task 'tgtt' is not one of the run's "
+            "tasks ['tgt']\n") in err  # fmt: skip
+    assert "Traceback" not in err
+    with pytest.raises(InputFileError, match="data/bad.jsonl:2: task 'tgtt'"):
+        cli.main([*argv, "--traceback"])
+    assert "--traceback" in cli.command_help("infer")
+
+
 def test_rank_accuracy_formula():
     # two examples, two labels each: example 0 ranks its correct label first, 1 does not
     targets = [(0, 1), (0, 0), (1, 0), (1, 1)]

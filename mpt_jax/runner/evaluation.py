@@ -242,12 +242,17 @@ def _rank_predictions(task: str, rows, scores, vocab_in, vocab_out) -> list[dict
     return [by_group[g] for g in sorted(by_group)]
 
 
+class InputFileError(ValueError):
+    """A jsonl of new inputs (``infer.input_file``) that cannot be predicted, naming the
+    file and line."""
+
+
 def read_input_file(path: str, index: TaskIndex) -> list[dict[str, str]]:
     """``[{"task", "inputs"}]`` from a jsonl of new inputs; ``task`` may be left out when
     the run has one task. A bad line is an error naming the file and the line.
 
     Raises:
-      FileNotFoundError: no such file. ValueError: a line that is not an object with
+      FileNotFoundError: no such file. InputFileError: a line that is not an object with
       ``inputs``, names a task the run does not know, or a file with no line.
     """
     import os
@@ -263,23 +268,23 @@ def read_input_file(path: str, index: TaskIndex) -> list[dict[str, str]]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: not a JSON line ({err})") from None
+                raise InputFileError(f"{where}: not a JSON line ({err})") from None
             if not isinstance(record, dict) or "inputs" not in record:
-                raise ValueError(f'{where}: expected {{"inputs": ..., "task": ...}}')
+                raise InputFileError(f'{where}: expected {{"inputs": ..., "task": ...}}')
             task = record.get("task")
             if task is None:
                 if index.num_tasks != 1:
-                    raise ValueError(
+                    raise InputFileError(
                         f'{where}: give "task" (the run has tasks {list(index.names)})'
                     )
                 task = index.names[0]
             if task not in index:
-                raise ValueError(
+                raise InputFileError(
                     f"{where}: task {task!r} is not one of the run's tasks {list(index.names)}"
                 )
             records.append({"task": task, "inputs": str(record["inputs"])})
     if not records:
-        raise ValueError(f"infer.input_file {path!r} holds no line")
+        raise InputFileError(f"infer.input_file {path!r} holds no line")
     return records
 
 
@@ -307,7 +312,7 @@ def encode_inputs(
         vocabulary = vocabulary_of(record["task"])
         encoded = [*vocabulary.encode(record["inputs"]), vocabulary.eos_id]
         if len(encoded) > input_length and not truncate:
-            raise ValueError(
+            raise InputFileError(
                 f"input {i} of task {record['task']!r} has {len(encoded)} tokens > "
                 f"{input_length} (TASK_FEATURE_LENGTHS['inputs']): raise it, or bind "
                 "length_policy.truncation = 'truncate'"
