@@ -22,6 +22,8 @@ outputs and an example. Flags:
 - ``--task_module`` (repeatable): a module name or a ``.py`` file imported before the gin
   files are parsed, so its seqio tasks exist (no gin ``import`` or ``PYTHONPATH`` needed);
 - ``--verbose``: keep TensorFlow's and JAX's start-up lines (hidden by default);
+- ``--traceback``: on a refusal (see below), raise it with Python's traceback instead of
+  the one-line message;
 - ``--compilation_cache_dir``: JAX's persistent compilation cache (default
   ``$MPT_JAX_COMPILATION_CACHE_DIR``, else ``~/.cache/mpt_jax/xla``; empty: off), so a
   later run of the same step loads it instead of compiling again.
@@ -33,6 +35,12 @@ and own tasks (``file_tasks.tasks``) are registered, the job's task or mixture n
 the nearest known names when misspelled). A binding of something that does not exist is
 an error naming it (gin's message). Each of these exits with status 2 before any work
 starts.
+
+Refusals once the job runs (:func:`user_errors`: a checkpoint made by another generator,
+backbone or vocabulary, a task mapping that does not fit, a bad line of
+``infer.input_file``, a non-finite step, …) are printed as ``mpt-jax <command>: error:
+<message>`` with status 2 (a non-finite step: 1); ``--traceback`` shows where they came
+from. Other exceptions are bugs and keep their traceback.
 """
 
 from __future__ import annotations
@@ -106,7 +114,8 @@ COMMANDS: dict[str, Command] = {
         "the stage and backbone files the run was trained with",
         f"{_RUN} (MIXTURE is not needed with infer.input_file)",
         "MODEL_DIR/predictions_<split>.jsonl or infer.output_file: "
-        '{"task", "inputs", "prediction", "targets"} per line',
+        '{"task", "inputs", "prediction", "targets"} per line (a rank-scored task\'s split: '
+        'one line per input, each label\'s log-likelihood in "scores")',
         "mpt-jax infer --gin_file=runner/target.gin --gin_file=runner/embedded.gin \\\n"
         "    --gin.MODEL_DIR=\"'runs/target'\" --gin.SOURCE_DIR=\"'runs/source'\" \\\n"
         "    --gin.infer.input_file=\"'new.jsonl'\"",
@@ -164,7 +173,8 @@ configuration:
   --gin_bindings='NAME = VALUE', --gin_search_paths=DIR[,DIR]
   --task_module=MODULE|FILE.py  import your own seqio tasks (repeatable; no PYTHONPATH)
   --compilation_cache_dir=DIR   JAX's persistent compilation cache ('' = off)
-  --verbose                  show TensorFlow/JAX start-up messages"""
+  --verbose                  show TensorFlow/JAX start-up messages
+  --traceback                on an error, Python's traceback instead of one message"""
 
 
 class UsageError(Exception):
@@ -260,6 +270,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--task_module", action="append", default=[])
     parser.add_argument("--compilation_cache_dir", default=None)
     parser.add_argument("--verbose", action="store_true")
+    parser.add_argument("--traceback", action="store_true")
     args = parser.parse_args(rest)
     return args, [*args.gin_bindings, *bindings]
 
@@ -483,6 +494,36 @@ def _friendly(e: BaseException) -> str | None:
     return None
 
 
+def user_errors() -> dict[type[BaseException], int]:
+    """The exceptions that refuse a user's configuration, files or checkpoints with a message
+    naming the value (no traceback needed), with their exit status. Bare ``ValueError`` /
+    ``TypeError`` are not among them: outside these classes they may be bugs."""
+    from mpt_jax.data.task_ids import TaskIndexError
+    from mpt_jax.runner.evaluation import InputFileError
+    from mpt_jax.runner.preflight import PreflightError
+    from mpt_jax.training.actions import NonFiniteError
+    from mpt_jax.training.checkpoints import CheckpointError  # IdentityError, unreadable ones
+
+    refusals = (UsageError, PreflightError, TaskIndexError, CheckpointError, InputFileError)
+    return {**dict.fromkeys(refusals, 2), NonFiniteError: 1}
+
+
+def _refusal(job: str, e: BaseException) -> int | None:
+    """Prints a known error as ``mpt-jax <job>: error: <message>`` (its further lines
+    indented) and returns its exit status; None for any other exception."""
+    if (message := _friendly(e)) is not None:
+        print(f"mpt-jax {job}: error: {message}", file=sys.stderr)
+        return 1
+    status = next((s for cls, s in user_errors().items() if isinstance(e, cls)), None)
+    if status is None:
+        return None
+    first, *rest = str(e).strip().splitlines() or [type(e).__name__]
+    print(f"mpt-jax {job}: error: {first}", file=sys.stderr)
+    for line in rest:
+        print(f"  {line.strip()}", file=sys.stderr)
+    return status
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``mpt-jax`` entry point; returns the exit status."""
     started = time.perf_counter()
@@ -556,11 +597,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             jax.devices()  # the backend starts here, its CUDA probing hidden
         getattr(module, fn_name)()
     except Exception as e:
-        message = _friendly(e)
-        if message is None:
+        status = None if args.traceback else _refusal(args.job, e)
+        if status is None:
             raise
-        print(f"mpt-jax {args.job}: {message}", file=sys.stderr)
-        return 1
+        return status
     return 0
 
 

@@ -4,6 +4,7 @@ nothing written before the first step) on the tiny model of ``_kill_worker``."""
 
 import json
 import os
+import shlex
 import signal
 
 import _kill_worker as worker
@@ -235,6 +236,59 @@ def test_learning_rates_are_read_from_injected_hyperparameters():
                                      "learning_rate/shared": pytest.approx(0.3)}  # fmt: skip
 
 
+class _Params(A.Action):
+    """Keeps the prompt after every step."""
+
+    def __init__(self):
+        self.after = {}
+
+    def after_step(self, run, step, metrics):
+        self.after[step] = run.host_params()
+
+
+def test_logged_learning_rates_are_the_recipes_schedule_and_the_applied_step(tmp_path):
+    """A two-rate recipe with warm-up: each record's ``learning_rate`` and
+    ``learning_rate/task_cols`` equal the schedule at the step (update count step - 1), and
+    equal the step the optimizer took: with a constant gradient ``c`` and no weight decay,
+    Adafactor's update is ``sign(c)`` (its second moment is ``c²`` at every step), so
+    ``θ_s - θ_{s-1} = -lr_s · sign(c)``."""
+    from mpt_jax.training.optimizers import Adafactor, PromptRecipe, learning_rate_schedule
+    from mpt_jax.training.summaries import read_tensorboard_scalars
+
+    warmup = 4
+    schedule = lambda rate: learning_rate_schedule(rate, warmup_steps=warmup)  # noqa: E731
+    recipe = PromptRecipe(optimizer=Adafactor(weight_decay=0.0), learning_rate=0.3,
+                          learning_rates={"task_cols": 0.03}, schedule=schedule)  # fmt: skip
+    c = np.array([[0.5, -2.0, 1.0], [-1.0, 3.0, 0.25]], np.float32)
+
+    def loss_fn(prompt, frozen, batch, rng):
+        loss = jnp.sum(c * prompt["shared"]) + jnp.sum(c * prompt["task_cols"])
+        return loss * jnp.mean(batch["x"]), {}
+
+    prompt = {"shared": np.zeros((2, 3), np.float32), "task_cols": np.zeros((2, 3), np.float32)}
+    batches = lambda start: iter([{"x": np.ones((2,), np.float32)}] * 10)  # noqa: E731
+    params = _Params()
+    result = train_loop(
+        loss_fn, recipe.build(task_axis=("task_cols",)), prompt, {}, batches,
+        task_names=TASKS, model_dir=str(tmp_path), num_steps=6, log_every=3,
+        actions=[A.NonFinite(), params], rates_at=recipe.rates_at,
+    )  # fmt: skip
+    tensorboard = read_tensorboard_scalars(str(tmp_path))
+    for record in result.train:  # steps 3 (in the warm-up) and 6 (after it)
+        step = record["step"]
+        expected = {"learning_rate": 0.3 * min(step - 1, warmup) / warmup,
+                    "learning_rate/task_cols": 0.03 * min(step - 1, warmup) / warmup}  # fmt: skip
+        assert {k: record[k] for k in expected} == pytest.approx(expected), step
+        assert {k: tensorboard[k][step] for k in expected} == pytest.approx(expected), step
+        moved = {k: params.after[step][k] - params.after[step - 1][k] for k in prompt}
+        for name, key in (("shared", "learning_rate"), ("task_cols", "learning_rate/task_cols")):
+            np.testing.assert_allclose(moved[name], -expected[key] * np.sign(c), rtol=1e-5)
+    assert [r["step"] for r in result.train] == [3, 6]
+    assert read_metrics(str(tmp_path), "train")[0]["learning_rate"] == pytest.approx(0.15)
+    # one rate for every parameter: one scalar
+    assert PromptRecipe(learning_rates={"shared": 0.3}).rates_at(1) == {"learning_rate": 0.3}
+
+
 # -- PromptScale ------------------------------------------------------------------------------
 
 
@@ -318,6 +372,22 @@ def test_a_signal_saves_the_step_and_exits_with_128_plus_signal(tmp_path, capsys
     assert "stopped by SIGTERM after step 2 of 5" in out
     assert "Resume with the same command:\n  mpt-jax train --gin.X=1" in out
     assert signal.getsignal(signal.SIGTERM) is previous  # handler restored
+
+
+def test_resume_command_quotes_only_what_needs_it_and_splits_back():
+    argv = ["mpt-jax", "train", "--gin_file=runner/source.gin", "--gin.MODEL_DIR='runs/x'",
+            "--gin.train_loop.num_steps=500", "--gin_bindings=train_loop.seed = 3",
+            '--gin.NOTE="a $HOME"', "--gin.E=", "my run", "it's", "",
+            "--gin.T=(1, 'a')"]  # fmt: skip
+    line = A.shell_join(argv)
+    assert line == (
+        "mpt-jax train --gin_file=runner/source.gin --gin.MODEL_DIR=\"'runs/x'\" "
+        '--gin.train_loop.num_steps=500 --gin_bindings="train_loop.seed = 3" '
+        "--gin.NOTE='\"a $HOME\"' --gin.E= \"my run\" \"it's\" '' --gin.T=\"(1, 'a')\""
+    )  # fmt: skip
+    assert shlex.split(line) == argv
+    with_specials = ["a`b", "x\\y", "!", "ü", "*", "~/x", "a\nb"]
+    assert shlex.split(A.shell_join(with_specials)) == with_specials
 
 
 def test_a_run_failing_before_its_first_step_writes_nothing(tmp_path):

@@ -111,6 +111,8 @@ def test_teacher_and_source_runs(runs):
     train = read_metrics(runs["source"], "train")
     assert [r["step"] for r in train] == [1, 2, 3, 4]
     assert all(r["kl"] > 0 and r["mse"] > 0 for r in train)
+    # the job logs its recipe's rate (PromptRecipe's default, constant)
+    assert all(r["learning_rate"] == pytest.approx(0.3) for r in train)
     for r in train:  # L = L_task + λ (τ² KL + MSE) with the shipped λ = 0.9, τ = 1
         assert r["loss"] == pytest.approx(r["task_loss"] + 0.9 * (r["kl"] + r["mse"]), rel=1e-5)
     saved = TaskIndex.load(os.path.join(runs["source"], "task_index.json"))

@@ -56,7 +56,7 @@ def _register():
 
 
 def _run(job, *gin_files, **bindings):
-    argv = [job] + [f"--gin_file={f}" for f in gin_files]
+    argv = [job, "--traceback"] + [f"--gin_file={f}" for f in gin_files]  # refusals raise
     argv += [f"--gin.{k}={v}" for k, v in bindings.items()]
     try:
         return cli.main(argv)

@@ -7,7 +7,10 @@ import json
 import os
 import re
 import shlex
+import subprocess
+import sys
 
+import gin
 import numpy as np
 import pytest
 import seqio
@@ -100,6 +103,78 @@ def test_rank_scored_target_evaluates_and_infers_on_new_inputs(walkthrough):
     peft, config = prompt_io.import_peft(str(root / "tgt_adapter"))
     assert config["num_tasks"] == 1 and peft["shared"].shape[0] == 4  # tiny.gin: 4 tokens
     assert (root / "runs/tgt/learning_curves.png").stat().st_size > 1000
+
+
+def _infer_command() -> list[str]:
+    """The walk-through's ``mpt-jax infer`` argv (tiny backbone), without ``mpt-jax``."""
+    bash = next(b for lang, b in _blocks(_section()) if lang == "bash")
+    return next(argv for argv in _commands(bash) if argv[0] == "infer")
+
+
+def test_infer_on_a_rank_scored_split_gives_one_row_per_input(walkthrough):
+    """``tgt`` is rank-scored: its validation split holds one row per (input, label), but
+    infer writes one row per input with the best label and every label's score, and on
+    the inputs eval scored its accuracy is eval's ``tgt/accuracy`` at the same step."""
+    root, _ = walkthrough
+    argv = [a for a in _infer_command() if "input_file" not in a]
+    argv += ["--gin.MIXTURE='tgt'", "--gin.infer.split='validation'"]
+    assert cli.main(argv) == 0
+    rows = [json.loads(line) for line in open(root / "runs/tgt/predictions_validation.jsonl")]
+    gold = [json.loads(line) for line in open(root / "data/tgt/validation.jsonl")]
+    assert len(rows) == len(gold) == 64
+    assert [r["inputs"] for r in rows] == [g["text"] for g in gold]
+    assert [r["targets"] for r in rows] == [g["answer"] for g in gold]
+    for r in rows:
+        assert list(r["scores"]) == ["no", "yes"] and r["task"] == "tgt"
+        assert all(s < 0 for s in r["scores"].values())  # log-likelihoods
+        assert r["prediction"] == max(r["scores"], key=r["scores"].get)
+    # eval scored the first make_evaluate.num_examples rows (tiny.gin: 8 = 4 inputs × 2 labels)
+    inputs = gin.query_parameter("make_evaluate.num_examples") // 2
+    accuracy = 100 * np.mean([r["prediction"] == r["targets"] for r in rows[:inputs]])
+    evaluated = json.loads((root / "runs/tgt/eval_results.jsonl").read_text().splitlines()[-1])
+    assert accuracy == pytest.approx(evaluated["tgt/accuracy"])
+
+
+def test_the_readme_infer_command_runs_as_its_own_process(walkthrough):
+    """The walk-through's infer line, verbatim but for the tiny backbone, as a user runs it:
+    a fresh ``python -m mpt_jax.cli`` process (the in-process run above did not catch its
+    crash, 'No Task or Mixture found with name data/new.jsonl'). Same checkpoint, same
+    greedy decoding: the same predictions as in-process."""
+    root, _ = walkthrough
+    path = root / "runs/tgt/predictions_new.jsonl"
+    in_process = [json.loads(line) for line in open(path)]
+    path.unlink()
+    result = subprocess.run([sys.executable, "-m", "mpt_jax.cli", *_infer_command()], cwd=root,
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in open(path)]
+    new = [json.loads(line) for line in open(root / "data/new.jsonl")]
+    assert len(rows) == len(new) == 8
+    assert all(list(r) == ["task", "inputs", "prediction"] for r in rows)
+    assert [r["inputs"] for r in rows] == [n["inputs"] for n in new]
+    assert rows == in_process
+    assert "Traceback" not in result.stderr and "ERROR" not in result.stderr
+
+
+def test_a_refusal_at_run_time_is_one_message_not_a_traceback(walkthrough, capsys):
+    """A bad task in the file of new inputs is found once the job runs (after TensorFlow
+    and the backbone): one message naming the file, the line and the run's tasks, exit
+    status 2; ``--traceback`` raises it instead."""
+    from mpt_jax.runner.evaluation import InputFileError
+
+    root, _ = walkthrough
+    (root / "data/bad.jsonl").write_text('{"inputs": "x"}\n{"inputs": "y", "task": "tgtt"}\n')
+    argv = [a if "input_file" not in a else "--gin.infer.input_file='data/bad.jsonl'"
+            for a in _infer_command()]  # fmt: skip
+    capsys.readouterr()
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert ("mpt-jax infer: error: data/bad.jsonl:2: task 'tgtt' is not one of the run's "
+            "tasks ['tgt']\n") in err  # fmt: skip
+    assert "Traceback" not in err
+    with pytest.raises(InputFileError, match="data/bad.jsonl:2: task 'tgtt'"):
+        cli.main([*argv, "--traceback"])
+    assert "--traceback" in cli.command_help("infer")
 
 
 def test_rank_accuracy_formula():

@@ -8,7 +8,10 @@ search with ``beam_size > 1``), tasks with score metrics (rank classification) a
 with :func:`mpt_jax.decoding.score`. Batches are padded to a fixed size so one program
 is compiled; the padding rows' outputs are dropped.
 
-``read_input_file(path, index)`` and ``encode_inputs(records, ...)`` feed ``mpt-jax infer``
+``predict_split(model, params, task, split, ...)`` gives ``mpt-jax infer``'s predictions on a
+task's split: greedy decoding, or for a rank-scored task the label of highest likelihood
+with every label's score (one row per input). ``read_input_file(path, index)`` and
+``encode_inputs(records, ...)`` feed ``mpt-jax infer``
 from a jsonl of new inputs (``{"inputs": text, "task": name}`` per line) instead of a
 registered task's split.
 """
@@ -129,11 +132,7 @@ def make_evaluate(
             return out
 
         def score_fn(ds):
-            out = []
-            for indices, batch, n in padded_batches(ds, batch_size):
-                scores = np.asarray(decoding.score(model, params, batch))
-                out.extend((int(i), float(scores[j])) for j, i in enumerate(indices[:n]))
-            return out
+            return score_rows(model, params, ds, batch_size)
 
         future, _ = evaluator.evaluate(
             compute_metrics=True, step=step, predict_fn=predict_fn, score_fn=score_fn
@@ -143,12 +142,117 @@ def make_evaluate(
     return evaluate
 
 
+def score_rows(model: PromptedT5, params: PyTree, ds, batch_size: int) -> list[tuple[int, float]]:
+    """``(index, log-likelihood of the row's target)`` for each row of an enumerated model
+    dataset (:func:`mpt_jax.decoding.score`); what evaluation's rank classification ranks."""
+    out = []
+    for indices, batch, n in padded_batches(ds, batch_size):
+        scores = np.asarray(decoding.score(model, params, batch))
+        out.extend((int(i), float(scores[j])) for j, i in enumerate(indices[:n]))
+    return out
+
+
+#: Features of a rank-scored task's evaluation rows (one row per (input, label); see
+#: :func:`mpt_jax.tasks.files.examples`): the input's index and whether the label is right.
+RANK_FEATURES = ("rank_group", "rank_correct")
+
+
+def predict_split(
+    model: PromptedT5,
+    params: PyTree,
+    task,
+    split: str,
+    task_feature_lengths: Mapping[str, int],
+    index: TaskIndex,
+    *,
+    batch_size: int = 32,
+    num_examples: int | None = None,
+) -> list[dict[str, Any]]:
+    """Predictions for the examples of ``task``'s ``split`` (``mpt-jax infer``), one per input.
+
+    A generating task: ``{"task", "inputs", "prediction", "targets"}`` with greedy decoding.
+    A rank-scored task (rows carry :data:`RANK_FEATURES`, one per label): its rows are
+    scored as evaluation scores them (:func:`score_rows`) and grouped by input, giving
+    ``{"task", "inputs", "prediction", "targets", "scores"}``: the label of highest
+    log-likelihood (the first on a tie, as ``rank_accuracy`` counts it), the gold label
+    and ``{label: log-likelihood}`` (natural log, summed over the label's tokens).
+
+    Args:
+      params: prompt and backbone.
+      task: a seqio task carrying ``task_ids``.
+      num_examples: the first ``num_examples`` inputs (None: all).
+    """
+    from mpt_jax.data.feature_converter import PromptEncDecFeatureConverter
+
+    vocab_in = task.output_features["inputs"].vocabulary
+    vocab_out = task.output_features["targets"].vocabulary
+    ds = task.get_dataset(task_feature_lengths, split=split, shuffle=False, num_epochs=1,
+                          trim_output_features=False)  # fmt: skip
+    rank = all(k in ds.element_spec for k in RANK_FEATURES)
+    if num_examples is not None:
+        ds = (ds.take_while(lambda ex: ex["rank_group"] < num_examples) if rank
+              else ds.take(num_examples))  # fmt: skip
+    converter = PromptEncDecFeatureConverter(passthrough_features={}, task_index=index)
+    model_ds = converter(ds, task_feature_lengths).enumerate()
+    if rank:
+        return _rank_predictions(task.name, list(ds.as_numpy_iterator()),
+                                 score_rows(model, params, model_ds, batch_size),
+                                 vocab_in, vocab_out)  # fmt: skip
+    records = []
+    for _, batch, n in padded_batches(model_ds, batch_size):
+        tokens, _ = decoding.greedy_decode(
+            model, params, batch["encoder_input_tokens"], batch["task_ids"],
+            max_decode_length=int(task_feature_lengths["targets"]),
+        )  # fmt: skip
+        tokens = np.asarray(tokens)
+        for j in range(n):
+            records.append({
+                "task": task.name,
+                "inputs": vocab_in.decode(batch["encoder_input_tokens"][j].tolist()),
+                "prediction": vocab_out.decode(tokens[j].tolist()),
+                "targets": vocab_out.decode(batch["decoder_target_tokens"][j].tolist()),
+            })  # fmt: skip
+    return records
+
+
+def _text(row: Mapping[str, Any], feature: str, vocabulary) -> str:
+    """A row's text: its ``<feature>_pretokenized`` copy, else its tokens decoded."""
+    raw = row.get(f"{feature}_pretokenized")
+    if raw is not None:
+        return raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
+    return vocabulary.decode(np.asarray(row[feature]).tolist())
+
+
+def _rank_predictions(task: str, rows, scores, vocab_in, vocab_out) -> list[dict[str, Any]]:
+    """Rank classification of a rank-scored split: rows (one per input and label) and their
+    ``(row index, score)`` → one prediction per input, in input order."""
+    by_group: dict[int, dict[str, Any]] = {}
+    for i, score in scores:
+        row = rows[i]
+        group = by_group.setdefault(int(row["rank_group"]), {
+            "task": task, "inputs": _text(row, "inputs", vocab_in), "prediction": None,
+            "targets": None, "scores": {},
+        })  # fmt: skip
+        label = _text(row, "targets", vocab_out)
+        group["scores"][label] = score
+        if int(row["rank_correct"]):
+            group["targets"] = label
+    for group in by_group.values():
+        group["prediction"] = max(group["scores"], key=group["scores"].get)
+    return [by_group[g] for g in sorted(by_group)]
+
+
+class InputFileError(ValueError):
+    """A jsonl of new inputs (``infer.input_file``) that cannot be predicted, naming the
+    file and line."""
+
+
 def read_input_file(path: str, index: TaskIndex) -> list[dict[str, str]]:
     """``[{"task", "inputs"}]`` from a jsonl of new inputs; ``task`` may be left out when
     the run has one task. A bad line is an error naming the file and the line.
 
     Raises:
-      FileNotFoundError: no such file. ValueError: a line that is not an object with
+      FileNotFoundError: no such file. InputFileError: a line that is not an object with
       ``inputs``, names a task the run does not know, or a file with no line.
     """
     import os
@@ -164,23 +268,23 @@ def read_input_file(path: str, index: TaskIndex) -> list[dict[str, str]]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: not a JSON line ({err})") from None
+                raise InputFileError(f"{where}: not a JSON line ({err})") from None
             if not isinstance(record, dict) or "inputs" not in record:
-                raise ValueError(f'{where}: expected {{"inputs": ..., "task": ...}}')
+                raise InputFileError(f'{where}: expected {{"inputs": ..., "task": ...}}')
             task = record.get("task")
             if task is None:
                 if index.num_tasks != 1:
-                    raise ValueError(
+                    raise InputFileError(
                         f'{where}: give "task" (the run has tasks {list(index.names)})'
                     )
                 task = index.names[0]
             if task not in index:
-                raise ValueError(
+                raise InputFileError(
                     f"{where}: task {task!r} is not one of the run's tasks {list(index.names)}"
                 )
             records.append({"task": task, "inputs": str(record["inputs"])})
     if not records:
-        raise ValueError(f"infer.input_file {path!r} holds no line")
+        raise InputFileError(f"infer.input_file {path!r} holds no line")
     return records
 
 
@@ -208,7 +312,7 @@ def encode_inputs(
         vocabulary = vocabulary_of(record["task"])
         encoded = [*vocabulary.encode(record["inputs"]), vocabulary.eos_id]
         if len(encoded) > input_length and not truncate:
-            raise ValueError(
+            raise InputFileError(
                 f"input {i} of task {record['task']!r} has {len(encoded)} tokens > "
                 f"{input_length} (TASK_FEATURE_LENGTHS['inputs']): raise it, or bind "
                 "length_policy.truncation = 'truncate'"

@@ -25,7 +25,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import gin
-import numpy as np
 
 from mpt_jax.data.task_ids import TaskIndex
 from mpt_jax.runner import data as data_lib
@@ -171,6 +170,7 @@ def train(
         generator=st.prompt,
         extra_meta={**st.meta, "mixture_or_task_name": mixture_or_task_name, "identity": record},
         on_started=write_run_files,
+        rates_at=None if st.recipe is None else st.recipe.rates_at,
     )
     with open(os.path.join(model_dir, "operative_config.gin"), "w") as f:
         f.write(gin.operative_config_str())
@@ -221,16 +221,16 @@ def infer(
     num_examples: int | None = None,
     input_file: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Greedy predictions for every example of ``split``, written as JSON lines
+    """Predictions for every example of ``split``, written as JSON lines
     ``{"task", "inputs", "prediction", "targets"}`` to ``output_file`` (default
-    ``<model_dir>/predictions_<split>.jsonl``). With ``input_file`` (a jsonl of
-    ``{"inputs", "task"}``), its lines are predicted instead (no ``targets``; default
-    output ``<model_dir>/predictions_<file name>``)."""
+    ``<model_dir>/predictions_<split>.jsonl``): greedy decoding, or for a rank-scored task
+    the best label, one line per input with every label's log-likelihood in ``"scores"``
+    (:func:`~mpt_jax.runner.evaluation.predict_split`). With ``input_file`` (a jsonl of
+    ``{"inputs", "task"}``), its lines are predicted instead (greedily; no ``targets``;
+    default output ``<model_dir>/predictions_<file name>``)."""
     import seqio
 
-    from mpt_jax import decoding
-    from mpt_jax.data.feature_converter import PromptEncDecFeatureConverter
-    from mpt_jax.runner.evaluation import padded_batches
+    from mpt_jax.runner.evaluation import predict_split
 
     index = _saved_index(model_dir)
     config, backbone, reference, st, model = _setup(stage, index, 0)
@@ -250,28 +250,9 @@ def infer(
         provider = seqio.get_mixture_or_task(mixture_or_task_name)
         tasks = provider.tasks if isinstance(provider, seqio.Mixture) else [provider]
         records = []
-    converter = PromptEncDecFeatureConverter(passthrough_features={}, task_index=index)
     for task in tasks:
-        vocab_in = task.output_features["inputs"].vocabulary
-        vocab_out = task.output_features["targets"].vocabulary
-        ds = task.get_dataset(task_feature_lengths, split=split, shuffle=False,
-                              num_epochs=1, trim_output_features=False)  # fmt: skip
-        if num_examples is not None:
-            ds = ds.take(num_examples)
-        model_ds = converter(ds, task_feature_lengths).enumerate()
-        for _, batch, n in padded_batches(model_ds, batch_size):
-            tokens, _ = decoding.greedy_decode(
-                model, params, batch["encoder_input_tokens"], batch["task_ids"],
-                max_decode_length=int(task_feature_lengths["targets"]),
-            )  # fmt: skip
-            tokens = np.asarray(tokens)
-            for j in range(n):
-                records.append({
-                    "task": task.name,
-                    "inputs": vocab_in.decode(batch["encoder_input_tokens"][j].tolist()),
-                    "prediction": vocab_out.decode(tokens[j].tolist()),
-                    "targets": vocab_out.decode(batch["decoder_target_tokens"][j].tolist()),
-                })  # fmt: skip
+        records += predict_split(model, params, task, split, task_feature_lengths, index,
+                                 batch_size=batch_size, num_examples=num_examples)  # fmt: skip
     output_file = output_file or os.path.join(model_dir, f"predictions_{split}.jsonl")
     with open(output_file, "w") as f:
         for r in records:

@@ -142,6 +142,8 @@ class Stage:
       optimizer: the optax transform of the prompt tree (rows along a task axis
         optimised per task, see :meth:`PromptRecipe.build`).
       meta: JSON-able facts stored with each checkpoint.
+      recipe: the :class:`PromptRecipe` ``optimizer`` was built from (the training loop
+        logs its learning rates, :meth:`PromptRecipe.rates_at`); None when unknown.
     """
 
     name: str
@@ -151,6 +153,7 @@ class Stage:
     optimizer: optax.GradientTransformation
     frozen: Mapping[str, PyTree] = dataclasses.field(default_factory=dict)
     meta: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    recipe: PromptRecipe | None = None
 
     @property
     def prompt(self) -> nn.Module:
@@ -245,7 +248,7 @@ def _stage(
     model = PromptedT5(ctx.config, prompt)
     optimizer = recipe.build(task_axis_params(prompt, ctx.config.emb_dim))
     return Stage(name, model, params, loss_fn(model), optimizer, dict(frozen or {}),
-                 {"stage": name, **meta})  # fmt: skip
+                 {"stage": name, **meta}, recipe)  # fmt: skip
 
 
 def _ids(names: Sequence[str], index: TaskIndex, what: str) -> list[int]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import shlex
 import signal
 import sys
@@ -78,8 +79,11 @@ class Run:
     Fixed for the run: ``model_dir`` (None: nothing is written), ``task_names`` (the
     task-id mapping, id order), ``num_steps``, ``log_every`` (the record period),
     ``backbone`` (how the backbone was obtained), ``meta`` (JSON facts stored with each
-    checkpoint), ``frozen`` (the frozen tree), ``evaluate`` and ``generator`` (the prompt
-    generator module, or None).
+    checkpoint), ``frozen`` (the frozen tree), ``evaluate``, ``generator`` (the prompt
+    generator module, or None) and ``rates_at`` (``rates_at(step) -> {"learning_rate": v,
+    "learning_rate/<group>": v}``, the optimizer's rates at a step, e.g.
+    :meth:`~mpt_jax.training.optimizers.PromptRecipe.rates_at`; None: read them from an
+    ``optax.inject_hyperparams`` state, if any).
     Changing: ``state`` (the current :class:`TrainState`, on device; donated by the next
     step, so read it inside a hook only), ``data_position`` (batches consumed),
     ``start_step`` (the step the run started or resumed at), ``batch`` (the host batch of
@@ -99,6 +103,7 @@ class Run:
     frozen: PyTree = None
     evaluate: EvaluateFn | None = None
     generator: Any = None
+    rates_at: Callable[[int], Mapping[str, float]] | None = None
     data_position: int = 0
     start_step: int = 0
     batch: Mapping[str, np.ndarray] | None = None
@@ -360,6 +365,35 @@ class Evaluate(Action):
 # -- signals ----------------------------------------------------------------------------------
 
 
+#: What a POSIX shell reads as it is (shlex's set of safe characters).
+_PLAIN = re.compile(r"[\w@%+=:,./-]+", re.ASCII)
+
+
+def _shell_word(text: str) -> str:
+    """``text`` as one shell word: bare when plain, else in double quotes when nothing in it
+    is special there (``'runs/x'`` → ``"'runs/x'"``), else ``shlex.quote``."""
+    if _PLAIN.fullmatch(text):
+        return text
+    if not re.search(r'["$`\\!]', text):
+        return f'"{text}"'
+    return shlex.quote(text)
+
+
+def shell_join(argv: Sequence[str]) -> str:
+    """A command line a reader can check and a shell splits back into ``argv``: only what
+    needs it is quoted, and for ``--flag=value`` only the value, so a gin binding reads as
+    the README writes it (``--gin.MODEL_DIR="'runs/x'"``, not ``shlex.join``'s
+    ``'--gin.MODEL_DIR='"'"'runs/x'"'"''``)."""
+    words = []
+    for arg in argv:
+        flag, eq, value = arg.partition("=")
+        if eq and flag.startswith("-") and _PLAIN.fullmatch(flag):
+            words.append(f"{flag}={_shell_word(value) if value else ''}")
+        else:
+            words.append(_shell_word(arg) if arg else "''")
+    return " ".join(words)
+
+
 def _command_line() -> str:
     """This process's command line (``mpt-jax ...``; a script run by Python gets the
     interpreter in front)."""
@@ -368,7 +402,7 @@ def _command_line() -> str:
         argv[0] = "mpt-jax"
     elif argv and argv[0].endswith(".py"):
         argv.insert(0, sys.executable)
-    return shlex.join(argv)
+    return shell_join(argv)
 
 
 @gin.configurable(module="actions")
@@ -550,11 +584,10 @@ class Console(Action):
 
     A line reads ``step 40/100  loss 1.234 (task_a 1.1, task_b 1.4)  lr 0.3  9.1 steps/s
     ETA 0:00:07``: the record's loss (mean since the last line), the per-task losses when
-    the objective reports them, the learning rate when the optimizer state holds it
-    (``optax.inject_hyperparams``), the largest RMS of a task's prompt, the training
-    steps/s since the first step (compile and evaluation time excluded) and the ETA at
-    that rate. The first step's time (compile included)
-    is printed on its own.
+    the objective reports them, the learning rate of the step (one per parameter group
+    with its own rate: ``lr 0.3  lr/task_cols 0.03``), the largest RMS of a task's prompt,
+    the training steps/s since the first step (compile and evaluation time excluded) and
+    the ETA at that rate. The first step's time (compile included) is printed on its own.
 
     Args:
       progress_bar: show a tqdm bar (None: only when stderr is a terminal).

@@ -26,7 +26,9 @@ the prompt/optimizer/frozen trees and shards every batch along its first axis.
 Records. ``loss`` and the objective's other scalars (means over the record's finite
 steps), ``loss/<task>`` when the objective reports per-example sums ``example_loss`` and
 ``example_weight`` (``[batch]``: Σ of the token losses and of their weights), the learning
-rate(s) the optimizer state holds (``optax.inject_hyperparams``), ``skipped_steps``,
+rate(s) of the record's step (``rates_at(step)``, e.g. the recipe's
+:meth:`~mpt_jax.training.optimizers.PromptRecipe.rates_at`; without it, those an
+``optax.inject_hyperparams`` state holds), ``skipped_steps``,
 ``steps_per_second`` (the time of data and steps since this process's first step: its
 compile time and the actions' time, evaluations included, are excluded; the first step's
 own time is ``first_step_seconds``), plus what actions add (``prompt_rms/...``).
@@ -173,6 +175,7 @@ class _Window:
         "generator",
         "extra_meta",
         "on_started",
+        "rates_at",
     ]
 )
 def train_loop(
@@ -190,6 +193,7 @@ def train_loop(
     generator: Any = None,
     extra_meta: Mapping[str, Any] | None = None,
     on_started: Callable[[], None] | None = None,
+    rates_at: Callable[[int], Mapping[str, float]] | None = None,
     num_steps: int = 1000,
     log_every: int = 50,
     actions: Sequence[Action] | None = None,
@@ -215,6 +219,10 @@ def train_loop(
       generator: the prompt generator module (telemetry composes each task's prompt).
       extra_meta: JSON-able facts stored with each checkpoint (stage, prompt config, …).
       on_started: called once the first step has run (write the run's files there).
+      rates_at: ``rates_at(step) -> {"learning_rate": v, "learning_rate/<group>": v}``,
+        the learning rates ``tx`` applies at a (1-based) step, recorded with each record
+        (:meth:`~mpt_jax.training.optimizers.PromptRecipe.rates_at` of the recipe that
+        built ``tx``); None: those an ``optax.inject_hyperparams`` state holds, if any.
       num_steps: the step to stop at.
       log_every: period of metric records (means over the period; the last step too).
       actions: the loop's policies (default: :func:`~.actions.default_actions`).
@@ -243,7 +251,7 @@ def train_loop(
         state=TrainState.create(jax.tree.map(np.asarray, prompt_params), tx),
         writer=MetricsWriter(model_dir), model_dir=model_dir, backbone=backbone,
         meta={**(extra_meta or {}), "dropout_rng_impl": dropout_rng_impl}, frozen=frozen,
-        evaluate=evaluate, generator=generator,
+        evaluate=evaluate, generator=generator, rates_at=rates_at,
     )  # fmt: skip
     try:
         for action in actions:
@@ -303,7 +311,11 @@ def _steps(run: Run, actions, loss_fn, tx, batches, seed, rng_impl, on_started) 
         window.add(metrics, batch)
         if run.is_log_step(step):
             record = window.record()
-            record.update(learning_rates(run.state.opt_state), **run.scalars)
+            if run.rates_at is not None:
+                record.update(run.rates_at(step))
+            else:
+                record.update(learning_rates(run.state.opt_state))
+            record.update(run.scalars)
             record["skipped_steps"] = len(run.skipped_steps)
             if step == first_step:
                 record["first_step_seconds"] = first_seconds

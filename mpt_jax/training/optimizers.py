@@ -260,6 +260,27 @@ class PromptRecipe:
     def _lr(self, rate: float) -> float | optax.Schedule:
         return rate if self.schedule is None else self.schedule(rate)
 
+    def rates_at(self, step: int) -> dict[str, float]:
+        """The learning rates that training step ``step`` applies, for logging.
+
+        ``step`` is 1-based like the training loop's steps (optax's schedules see the
+        update count ``step - 1``). Returns ``{"learning_rate": rate}`` for the parameters
+        not named in ``learning_rates``, plus ``"learning_rate/<name>"`` for each name
+        there whose rate differs from ``learning_rate``. A task-axis row that got no
+        gradient in some steps has counted fewer updates (:func:`skip_without_gradient`),
+        so under a warm-up or decay its own rate lags the one given here.
+        """
+
+        def at(rate: float) -> float:
+            lr = self._lr(rate)
+            return float(lr(max(step - 1, 0)) if callable(lr) else lr)
+
+        rates = {"learning_rate": at(self.learning_rate)}
+        for name, rate in self.learning_rates:
+            if rate != self.learning_rate:
+                rates[f"learning_rate/{name}"] = at(rate)
+        return rates
+
     def build(self, task_axis: Collection[str] = ()) -> optax.GradientTransformation:
         """The optax transform of a prompt tree.
 

@@ -7,7 +7,8 @@ checkpoint and an interruption appear twice (the later record is the one that co
 Nothing is created before the first record: a run that fails before its first step
 leaves no folder behind.
 
-Names: ``loss``, ``loss/<task>``, ``learning_rate``, ``prompt_rms/<param>``,
+Names: ``loss``, ``loss/<task>``, ``learning_rate`` (and ``learning_rate/<group>`` for a
+parameter group with its own rate), ``prompt_rms/<param>``,
 ``prompt_rms/task/<task>``, ``embedding_rms``, ``steps_per_second`` … (see
 :mod:`mpt_jax.training.loop`); a ``/`` groups scalars in TensorBoard.
 """
