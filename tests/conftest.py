@@ -1,5 +1,6 @@
 """Test-wide settings."""
 
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -27,7 +28,7 @@ def pytest_collection_modifyitems(items):
         module = getattr(item, "module", None)
         defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
         shared = any(
-            d.scope in ("module", "class") and d.baseid.startswith(item.nodeid.split("::")[0])
+            d.scope in ("module", "class") and d.baseid == item.nodeid.split("::")[0]
             for ds in defs.values()
             for d in ds
         )
@@ -51,9 +52,10 @@ CACHE_DIR = os.environ[_CACHE_ENV] if os.environ[_CACHE_ENV] not in ("", "0") el
 def _use_session_cache():
     jax.config.update("jax_compilation_cache_dir", CACHE_DIR)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    # A size limit makes JAX lock the folder around reads and writes: two workers never
-    # see a half-written entry.
-    jax.config.update("jax_compilation_cache_max_size", 8 << 30)
+    # A size limit makes JAX lock the folder (filelock, a dependency of torch) around
+    # reads and writes: two workers never see a half-written entry.
+    if importlib.util.find_spec("filelock"):
+        jax.config.update("jax_compilation_cache_max_size", 8 << 30)
     jax_cache.reset_cache()
 
 
