@@ -1,8 +1,76 @@
 """Test-wide settings."""
 
+import importlib.util
 import os
+import shutil
+import tempfile
+
+import jax
+import pytest
+from jax._src import compilation_cache as jax_cache
 
 # The mpt-jax command turns JAX's persistent compilation cache on by default; the tests
 # that call it must not write into the user's ~/.cache (tests/test_compile_cache.py
 # checks the cache itself in a temporary folder).
 os.environ.setdefault("MPT_JAX_COMPILATION_CACHE_DIR", "")
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's worker reads the marks
+def pytest_collection_modifyitems(items):
+    """Keeps a module's tests on one pytest-xdist worker when they share a module fixture.
+
+    Under ``pytest -n 2 --dist loadgroup`` (pyproject's ``addopts``) xdist otherwise sends
+    consecutive chunks of tests to each worker, and a module whose tests straddle two
+    chunks builds its module-scoped fixture (a trained run, the demo: 1-2 CPU-minutes) on
+    both workers. Tests without such a fixture stay spread test by test.
+    """
+    for item in items:
+        module = getattr(item, "module", None)
+        defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+        shared = any(
+            d.scope in ("module", "class") and d.baseid == item.nodeid.split("::")[0]
+            for ds in defs.values()
+            for d in ds
+        )
+        if module is not None and shared:
+            item.add_marker(pytest.mark.xdist_group(module.__name__))
+
+
+# One persistent compilation cache for the whole run, shared by the pytest-xdist workers:
+# many tests compile the same programs (the tiny backbone's train, eval and decode steps
+# through mpt-jax, the benchmarks' steps), and a test building its own jit function
+# recompiles identical HLO that the cache hands back (hits are the same executables, so
+# no result changes). The controller makes the folder and the workers inherit its path;
+# MPT_JAX_TEST_XLA_CACHE=0 turns it off.
+_CACHE_ENV = "MPT_JAX_TEST_XLA_CACHE"
+_OWN_CACHE = None
+if os.environ.get(_CACHE_ENV) is None:
+    _OWN_CACHE = os.environ[_CACHE_ENV] = tempfile.mkdtemp(prefix="mpt_jax_test_xla_")
+CACHE_DIR = os.environ[_CACHE_ENV] if os.environ[_CACHE_ENV] not in ("", "0") else None
+
+
+def _use_session_cache():
+    jax.config.update("jax_compilation_cache_dir", CACHE_DIR)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    # A size limit makes JAX lock the folder (filelock, a dependency of torch) around
+    # reads and writes: two workers never see a half-written entry.
+    if importlib.util.find_spec("filelock"):
+        jax.config.update("jax_compilation_cache_max_size", 8 << 30)
+    jax_cache.reset_cache()
+
+
+if CACHE_DIR:
+    _use_session_cache()
+
+
+@pytest.fixture(autouse=True)
+def _session_compilation_cache():
+    """Puts the session cache back after a test that switched caches (bench_compile)."""
+    yield
+    if CACHE_DIR and jax.config.jax_compilation_cache_dir != CACHE_DIR:
+        _use_session_cache()
+
+
+def pytest_unconfigure(config):
+    if _OWN_CACHE and not hasattr(config, "workerinput"):
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)

@@ -177,7 +177,8 @@ def test_vocabulary_disagreeing_with_the_model_is_an_error_naming_both():
         check_vocabulary(seqio.ByteVocabulary(), get_config("t5_1_1_base"),
                          where="task 'my_sentiment' (inputs)", backbone="hf:t5")  # fmt: skip
     assert "ByteVocabulary (259 ids)" in str(err.value) and "vocab_size 32128" in str(err.value)
-    spm = os.path.join(os.path.dirname(CONFIG_DIR), "..", "shared", "data",
+    # ../shared/data beside the repository (tests/..): found from an installed package too.
+    spm = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
                        "prompt_tuning_test_data", "t5_vocab")  # fmt: skip
     if not os.path.isfile(spm):
         pytest.skip(f"T5's sentencepiece model is not at {spm}")
