@@ -116,11 +116,14 @@ def test_first_step_follows_prompt_tunings_formula_per_learning_rate_group():
 
 
 def test_learning_rates_bind_in_gin_and_unknown_names_are_errors():
-    with gin.unlock_config():
-        gin.parse_config(
-            "PromptRecipe.learning_rates = {'task_cols': 0.1}\nAdafactor.decay_rate = 0.5"
-        )
+    # Module-qualified: with T5X imported in the same process, `Adafactor` alone is
+    # ambiguous (t5x.adafactor.Adafactor).
     try:
+        with gin.unlock_config():
+            gin.parse_config(
+                "PromptRecipe.learning_rates = {'task_cols': 0.1}\n"
+                "training.optimizers.Adafactor.decay_rate = 0.5"
+            )
         recipe = PromptRecipe()
         assert recipe.rate("task_cols") == 0.1 and recipe.rate("shared") == 0.3
         assert recipe.optimizer.decay_rate == 0.5
