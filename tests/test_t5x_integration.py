@@ -538,6 +538,8 @@ def test_t5x_end_to_end(tmp_path):
     distilled = read_params(str(tmp_path / "source" / "checkpoint_100"), "teacher_prompt")
     np.testing.assert_array_equal(teachers["task_prompts"], distilled["task_prompts"])
     assert (tmp_path / "source" / "peft" / "adapter_model.safetensors").exists()
+    # λ reached the source run through the runner's recipe binding (run.sh sets 0.5).
+    assert "Distillation.weight = 0.5" in (tmp_path / "source" / "config.gin").read_text()
     assert list((tmp_path / "infer").glob("*-predict.jsonl-*-of-*"))  # T5X's shard names
     # Each resumed run started from its own last checkpoint and trained on from there.
     for stage, stopped, done in (("teacher", 40, 60), ("source", 80, 100),
