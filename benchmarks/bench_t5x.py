@@ -14,7 +14,11 @@ partitioned train step (``t5x.trainer.Trainer``) against ours, alternating in on
 - ``ours_mpt``: our MPT step (4 tasks mixed per batch, rank 1), AdamW — the workload of
   the other benchmarks.
 
-Same batch (8 × 128 encoder tokens + the prompt, 16 targets), random frozen backbones.
+Same batch (8 × 128 encoder tokens + the prompt, 16 targets), the same start: T5X's model
+holds our random backbone and our random prompt (:func:`t5x_params_from_ours`; the
+Flaxformer T5 1.1 tree has our parameter names), and the bench refuses to time unless
+both sides give the same logits and per-token loss on the batch without dropout, in
+float32, within :data:`TOLERANCE` (``same_start_*`` figures; :func:`same_start`).
 
     python -m benchmarks.bench_t5x --size mini --reps 10 --json t5x.json
 
@@ -33,10 +37,18 @@ import os
 import sys
 from typing import Any
 
+import flax
 import jax
 import numpy as np
+from flax import traverse_util
 
 from benchmarks import common
+from mpt_jax import training
+
+#: Largest |per-token loss difference| and |logit difference| (float32) accepted.
+TOLERANCE = 1e-4
+#: prompt-tuning's z-loss (``t5_1_1_prompt.gin``); the same-start loss includes it.
+Z_LOSS = 1e-4
 
 #: Packages this benchmark needs besides ours.
 REQUIRED = ("t5x", "flaxformer", "prompt_tuning", "gin")
@@ -110,7 +122,7 @@ models.EncoderDecoderModel:
   input_vocabulary = %VOCABULARY
   output_vocabulary = %VOCABULARY
   optimizer_def = %OPTIMIZER
-  z_loss = 0.0001
+  z_loss = {Z_LOSS}
   label_smoothing = 0.0
   loss_normalizing_factor = None
 """
@@ -137,12 +149,51 @@ def build_t5x_model(w: common.Workload):
     return model_of()
 
 
-class T5XStepper:
-    """T5X's partitioned train step (``Trainer._partitioned_train_step``), one call = one step."""
+def t5x_params_from_ours(t5x_params: Any, ours: Any) -> dict[str, Any]:
+    """T5X's parameter tree with every value taken from our ``PromptedT5`` tree.
 
-    def __init__(self, model, batch: dict[str, np.ndarray]):
+    prompt-tuning's Flaxformer T5 1.1 names its backbone parameters as ours do
+    (``encoder/layers_0/attention/query/kernel``, ...; checked leaf by leaf, names and
+    shapes); its prompt is the one leaf whose path has a ``prompt`` component
+    (``encoder/prompt/prompt/prompt [length, embed]``), filled with our
+    ``SinglePrompt``'s ``prompt/shared``.
+
+    Raises:
+      ValueError: naming the parameters that have no counterpart or another shape.
+
+    ``t5x_params`` may hold ``jax.ShapeDtypeStruct`` leaves (only shapes and dtypes
+    are read).
+    """
+    theirs = traverse_util.flatten_dict(dict(t5x_params), sep="/")
+    prompt, backbone = training.split_params(dict(ours))
+    mine = traverse_util.flatten_dict(dict(backbone), sep="/")
+    (our_prompt,) = jax.tree.leaves(prompt)  # a SinglePrompt: one [length, embed] array
+    out, problems = {}, []
+    for name, value in theirs.items():
+        source = our_prompt if "prompt" in name.split("/") else mine.pop(name, None)
+        if source is None or source.shape != value.shape:
+            got = None if source is None else source.shape
+            problems.append(f"{name}: T5X {value.shape}, ours {got}")
+            continue
+        out[name] = np.asarray(source, dtype=value.dtype)
+    problems += [f"{name}: only ours" for name in mine]
+    if problems:
+        raise ValueError(f"T5X's tree and ours differ: {problems}")
+    return traverse_util.unflatten_dict(out, sep="/")
+
+
+class T5XStepper:
+    """T5X's partitioned train step (``Trainer._partitioned_train_step``), one call = one step.
+
+    ``params`` (a tree of T5X's shape, e.g. from :func:`t5x_params_from_ours`) replaces
+    the parameters of T5X's freshly initialised train state; the optimizer state is
+    initialised from them.
+    """
+
+    def __init__(self, model, batch: dict[str, np.ndarray], params: Any = None):
         from t5x import partitioning, trainer, utils
 
+        self.model = model
         self.batch = common.device_batch(batch)
         partitioner = partitioning.PjitPartitioner(num_partitions=1)
         initializer = utils.TrainStateInitializer(
@@ -152,9 +203,15 @@ class T5XStepper:
             input_types={k: v.dtype for k, v in batch.items()},
             partitioner=partitioner,
         )
+        state = initializer.from_scratch(jax.random.PRNGKey(0))
+        if params is not None:  # the same tree type as T5X's (a FrozenDict), on device
+            params = jax.device_put(params)
+            if isinstance(state.params, flax.core.FrozenDict):
+                params = flax.core.freeze(params)
+            state = state.replace_params(params)
         self.trainer = trainer.Trainer(
             model=model,
-            train_state=initializer.from_scratch(jax.random.PRNGKey(0)),
+            train_state=state,
             partitioner=partitioner,
             eval_names=[],
             summary_dir=None,
@@ -183,18 +240,83 @@ class T5XStepper:
         return float(loss.compute() if hasattr(loss, "compute") else loss)
 
 
+def same_start(model, params, t5x_model, t5x_params, batch) -> dict[str, float]:
+    """Both sides on ``batch`` without dropout, full float32 matmuls.
+
+    Ours: ``PromptedT5`` through our loss (``training.task_loss_fn`` with T5X's z-loss,
+    a per-token mean); T5X: its model's ``loss_fn`` (a sum over target tokens, divided
+    here by ``Σ decoder_loss_weights``) and ``_compute_logits``.
+
+    Returns:
+      ``ours_loss``, ``t5x_loss`` (per token), ``abs_loss_diff``, ``max_abs_logit_diff``.
+    """
+    prompt, backbone = training.split_params(dict(params))
+    t5x_batch = {k: v for k, v in batch.items() if k != "task_ids"}
+    with jax.default_matmul_precision("highest"):
+        ours_loss = training.make_eval_step(training.task_loss_fn(model, z_loss=Z_LOSS))(
+            prompt, {"backbone": backbone}, dict(batch)
+        )["loss"]
+        ours_logits = jax.jit(
+            lambda p: model.apply(
+                {"params": p},
+                batch["encoder_input_tokens"],
+                batch["decoder_input_tokens"],
+                batch["decoder_target_tokens"],
+                batch["task_ids"],
+                enable_dropout=False,
+            )
+        )(params)
+        t5x_loss, _ = jax.jit(lambda p: t5x_model.loss_fn(p, t5x_batch, None))(t5x_params)
+        t5x_logits = jax.jit(lambda p: t5x_model._compute_logits(p, t5x_batch))(t5x_params)
+    t5x_loss = float(t5x_loss) / float(np.sum(batch["decoder_loss_weights"]))
+    return {
+        "ours_loss": float(ours_loss),
+        "t5x_loss": t5x_loss,
+        "abs_loss_diff": abs(float(ours_loss) - t5x_loss),
+        "max_abs_logit_diff": float(
+            np.abs(np.asarray(ours_logits, np.float32) - np.asarray(t5x_logits, np.float32)).max()
+        ),
+    }
+
+
+def check_same_start(check: dict[str, float], tolerance: float = TOLERANCE) -> None:
+    """Raise unless both sides start at the same loss and logits (within ``tolerance``)."""
+    if not (check["abs_loss_diff"] <= tolerance and check["max_abs_logit_diff"] <= tolerance):
+        raise RuntimeError(
+            "ours and T5X do not start at the same loss on the same weights "
+            f"(tolerance {tolerance}): {check}; refusing to time different models"
+        )
+
+
 def run(size: str = "mini", *, reps: int = 10, warmup: int = 2) -> dict[str, Any]:
-    """Examples/s of T5X prompt tuning, our prompt tuning and our MPT, side by side."""
-    w = common.workload(size)
+    """Examples/s of T5X prompt tuning, our prompt tuning and our MPT, side by side.
+
+    Raises:
+      RuntimeError: T5X's model and ours do not start at the same loss and logits.
+    """
+    w = common.workload(size, "float32")  # prompt-tuning's config is float32
     batch = common.make_batch(w)
     t5x_batch = {k: v for k, v in batch.items() if k != "task_ids"}
+    model, params = common.init_model(w, "single")  # ours_prompt's start (same seed)
+    t5x_model = build_t5x_model(w)
+    template = jax.eval_shape(
+        lambda: t5x_model.get_initial_variables(
+            jax.random.PRNGKey(0),
+            {k: v.shape for k, v in t5x_batch.items()},
+            {k: v.dtype for k, v in t5x_batch.items()},
+        )
+    )["params"]
+    t5x = T5XStepper(t5x_model, t5x_batch, params=t5x_params_from_ours(template, params))
+    start = same_start(model, params, t5x_model, t5x.state.params, batch)
+    check_same_start(start)
     candidates = {
-        "t5x_prompt": T5XStepper(build_t5x_model(w), t5x_batch),
+        "t5x_prompt": t5x,
         "ours_prompt": common.prompt_train_stepper(w, "single", optimizer="adafactor", batch=batch),
         "ours_mpt": common.prompt_train_stepper(w, "mpt", batch=batch),
     }
     timings = common.alternate(candidates, reps=reps, warmup=warmup)
-    figures = common.step_figures(w, timings, candidates)
+    figures = {f"same_start_{k}": v for k, v in start.items()}
+    figures.update(common.step_figures(w, timings, candidates))
     figures["t5x_prompt_trainable_params"] = candidates["t5x_prompt"].trainable_params
     t = timings
     ratios = [

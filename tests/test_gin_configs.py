@@ -343,9 +343,15 @@ def test_t5x_run_file_builds_the_t5x_model(name, exported):
         bindings = [*RUN_BINDINGS, *exported["bindings"]]
         if name == "runs/prompt_model.gin":
             bindings.append("DROPOUT_RATE = 0.0")  # a run file defines it
+        if name == "runs/source.gin":  # λ as a user sets it: the runner's recipe binding
+            bindings.append("Distillation.weight = 0.25")
         model = build("MODEL", stack, bindings, paths)
     expected = models.PromptDistillationModel if name == "runs/source.gin" else None
     assert isinstance(model, expected or models.PromptedEncoderDecoderModel)
+    if name == "runs/source.gin":
+        from mpt_jax.training.objectives import Distillation
+
+        assert model.recipe == Distillation(weight=0.25)
     shapes = {"encoder_input_tokens": (2, 16), "decoder_input_tokens": (2, 4),
               "decoder_target_tokens": (2, 4), "task_ids": (2,)}  # fmt: skip
     variables = model.get_initial_variables(

@@ -32,6 +32,7 @@ from mpt_jax import prompts  # noqa: E402
 from mpt_jax.backbone import get_config  # noqa: E402
 from mpt_jax.model import PromptedT5  # noqa: E402
 from mpt_jax.t5x_ext import models, optim, partitioning, target_init  # noqa: E402
+from mpt_jax.training.objectives import Distillation  # noqa: E402
 
 CFG = get_config("tiny")
 T, L, R, D = 3, 4, 2, CFG.emb_dim
@@ -331,9 +332,7 @@ def test_distillation_loss_matches_formula_and_freezes_teachers(setup, hidden_st
         module,
         models.PromptDistillationModel,
         teacher_prompt=prompts.TaskPrompts(num_tasks=T, length=L, embed_dim=D),
-        distill_weight=lam,
-        temperature=tau,
-        hidden_states=hidden_states,
+        recipe=Distillation(weight=lam, temperature=tau, hidden_states=hidden_states),
     )
     variables = model.get_initial_variables(jax.random.PRNGKey(2), SHAPES, TYPES)
     params = flax.core.unfreeze(variables["params"])
@@ -386,8 +385,24 @@ def test_distillation_model_refuses_settings_it_cannot_honour(setup):
     with pytest.raises(ValueError, match="label_smoothing"):
         _t5x_model(module, models.PromptDistillationModel, teacher_prompt=teacher,
                    label_smoothing=0.1)  # fmt: skip
-    with pytest.raises(ValueError, match="temperature"):
-        _t5x_model(module, models.PromptDistillationModel, teacher_prompt=teacher, temperature=0)
+
+
+def test_distillation_model_takes_the_gin_bound_recipe(setup):
+    """λ, τ and the hidden states are the runner's ``Distillation`` (one definition):
+    unbound, the model's recipe is ``Distillation()``; a ``Distillation.weight`` binding
+    reaches it."""
+    import gin
+
+    teacher = prompts.TaskPrompts(num_tasks=T, length=L, embed_dim=D)
+    model = _t5x_model(setup[0], models.PromptDistillationModel, teacher_prompt=teacher)
+    assert model.recipe == Distillation()
+    with gin.unlock_config():
+        gin.parse_config("Distillation.weight = 0.25")
+        try:
+            model = _t5x_model(setup[0], models.PromptDistillationModel, teacher_prompt=teacher)
+        finally:
+            gin.clear_config()
+    assert model.recipe == Distillation(weight=0.25)
 
 
 def test_target_prompt_starts_from_the_exported_source_prompt(tmp_path):
@@ -523,6 +538,8 @@ def test_t5x_end_to_end(tmp_path):
     distilled = read_params(str(tmp_path / "source" / "checkpoint_100"), "teacher_prompt")
     np.testing.assert_array_equal(teachers["task_prompts"], distilled["task_prompts"])
     assert (tmp_path / "source" / "peft" / "adapter_model.safetensors").exists()
+    # λ reached the source run through the runner's recipe binding (run.sh sets 0.5).
+    assert "Distillation.weight = 0.5" in (tmp_path / "source" / "config.gin").read_text()
     assert list((tmp_path / "infer").glob("*-predict.jsonl-*-of-*"))  # T5X's shard names
     # Each resumed run started from its own last checkpoint and trained on from there.
     for stage, stopped, done in (("teacher", 40, 60), ("source", 80, 100),

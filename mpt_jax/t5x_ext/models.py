@@ -50,6 +50,7 @@ from t5x import models as t5x_models
 
 from mpt_jax.data.feature_converter import PromptEncDecFeatureConverter
 from mpt_jax.training import losses
+from mpt_jax.training.objectives import Distillation
 
 Array = jax.Array
 PyTree = Any
@@ -297,8 +298,10 @@ class PromptDistillationModel(PromptedEncoderDecoderModel):
     optimizer (:func:`mpt_jax.t5x_ext.optim.prompt_traversal`) never matches them.
 
     The objective is :func:`mpt_jax.training.losses.distillation_loss`:
-    ``L_task + distill_weight · (temperature² · KL + MSE)`` as token means (so T5X's
-    ``loss_normalizing_factor`` and ``label_smoothing`` do not apply and must be unset).
+    ``L_task + λ · (τ² · KL + MSE)`` as token means (so T5X's ``loss_normalizing_factor``
+    and ``label_smoothing`` do not apply and must be unset), with λ, τ and the hidden
+    states compared taken from :class:`mpt_jax.training.objectives.Distillation`, the
+    recipe the runner uses too (one definition; bind ``Distillation.weight = 0.5``).
     Evaluation reports ``distill/task_loss``, ``distill/kl`` and ``distill/mse``; scoring
     and decoding use the student only.
 
@@ -308,9 +311,7 @@ class PromptDistillationModel(PromptedEncoderDecoderModel):
       *args: ``EncoderDecoderModel``'s positional arguments (vocabularies, optimizer).
       teacher_prompt: the teachers' generator (keyword); the teacher is ``module`` with
         this generator as its prompt.
-      distill_weight: λ ≥ 0.
-      temperature: τ > 0.
-      hidden_states: what the MSE compares: ``encoder``, ``decoder``, ``both``, ``none``.
+      recipe: λ, τ and hidden states; default the gin-bound ``Distillation()``.
       **kwargs: the remaining ``EncoderDecoderModel`` arguments.
     """
 
@@ -319,9 +320,7 @@ class PromptDistillationModel(PromptedEncoderDecoderModel):
         module: nn.Module,
         *args: Any,
         teacher_prompt: nn.Module,
-        distill_weight: float = 0.9,
-        temperature: float = 1.0,
-        hidden_states: str = "encoder",
+        recipe: Distillation | None = None,
         **kwargs: Any,
     ):
         for name in ("prompt", "forward_with_hidden"):
@@ -330,14 +329,7 @@ class PromptDistillationModel(PromptedEncoderDecoderModel):
                     f"PromptDistillationModel needs a student module with `{name}` (e.g. "
                     f"mpt_jax.model.PromptedT5); got {type(module).__name__}."
                 )
-        if distill_weight < 0:
-            raise ValueError(f"distill_weight must be >= 0; got {distill_weight}.")
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0; got {temperature}.")
-        if hidden_states not in losses.HIDDEN_CHOICES:
-            raise ValueError(
-                f"hidden_states must be one of {losses.HIDDEN_CHOICES}; got {hidden_states!r}."
-            )
+        recipe = Distillation() if recipe is None else recipe  # validates λ, τ, hidden states
         super().__init__(module, *args, **kwargs)
         if self._label_smoothing:
             raise ValueError(
@@ -350,9 +342,7 @@ class PromptDistillationModel(PromptedEncoderDecoderModel):
                 f"(got {self._loss_normalizing_factor!r})."
             )
         self.teacher = module.clone(prompt=teacher_prompt)
-        self.distill_weight = float(distill_weight)
-        self.temperature = float(temperature)
-        self.hidden_states = hidden_states
+        self.recipe = recipe
 
     def get_initial_variables(
         self,
@@ -418,9 +408,9 @@ class PromptDistillationModel(PromptedEncoderDecoderModel):
             s_hidden,
             t_hidden,
             batch,
-            distill_weight=self.distill_weight,
-            temperature=self.temperature,
-            hidden_states=self.hidden_states,
+            distill_weight=self.recipe.weight,
+            temperature=self.recipe.temperature,
+            hidden_states=self.recipe.hidden_states,
             z_loss=self._z_loss,
         )
         weights = batch["decoder_loss_weights"]

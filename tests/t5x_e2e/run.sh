@@ -11,8 +11,11 @@
 # hierarchical prompt on the Flaxformer architecture. The teacher, source and
 # hierarchical runs stop halfway and are resumed by rerunning the same command with more
 # steps (T5X restores the latest checkpoint of MODEL_DIR, in Orbax format). Each
-# t5x.train log is kept as <stage>[_resumed].log; compare.py lists what changed between
-# checkpoints.
+# t5x.train, t5x.eval and t5x.infer log is kept as <stage>[_resumed].log, and each stage's
+# wall time is printed; compare.py lists what changed between checkpoints. Training runs
+# skip T5X's inference evaluation (decoding is t5x.eval's and t5x.infer's stage here), and
+# all but the source run skip its teacher-forced evaluation too (NOEVAL): each costs a
+# dataset build and a compile per run.
 set -euo pipefail
 WORK=${1:?usage: run.sh <work dir>}
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
@@ -20,22 +23,25 @@ CONFIGS=$(python -c "import mpt_jax.configs as c; print(list(c.__path__)[0])")
 mkdir -p "$WORK"
 cd "$WORK"
 COMMON=(--gin_search_paths="$CONFIGS" --gin.BATCH_SIZE=8 --gin.USE_CACHED_TASKS=False
-        --gin.EVAL_PERIOD=20 --gin.EVAL_STEPS=2 --gin.EVALUATOR_NUM_EXAMPLES=16
+        --gin.EVAL_PERIOD=20 --gin.EVAL_STEPS=2 --gin.train.infer_eval_dataset_cfg=None
         --gin.utils.SaveCheckpointConfig.period=20)
 TINY=(--gin_file=models/sizes/tiny.gin --gin.PROMPT_LENGTH=4)
 EMB=(--gin_file=runs/embedded.gin)
-train() {  # train <log name> <t5x.train flags...>
-  local log=$1
-  shift
-  python -m t5x.train "$@" 2> "$WORK/$log.log" || { tail -40 "$WORK/$log.log"; exit 1; }
+NOEVAL=(--gin.train.train_eval_dataset_cfg=None)
+run() {  # run <log name> <python module> <flags...>: one stage, its stderr in <log name>.log
+  local log=$1 module=$2 start=$SECONDS
+  shift 2
+  python -m "$module" "$@" 2> "$WORK/$log.log" || { tail -40 "$WORK/$log.log"; exit 1; }
+  echo "stage $log: $((SECONDS - start)) s"
 }
+train() { local log=$1; shift; run "$log" t5x.train "$@"; }
 
 train backbone --gin_search_paths="$CONFIGS,$REPO/tests/t5x_configs" \
   --gin_file=tiny_backbone.gin --gin.MODEL_DIR="'$WORK/backbone'" --gin.TRAIN_STEPS=20 \
   --gin.EVAL_PERIOD=10 --gin.utils.SaveCheckpointConfig.period=10
 
-TEACHER=("${COMMON[@]}" --gin_file=models/teachers.gin "${TINY[@]}" --gin_file=runs/teacher.gin
-         "${EMB[@]}" --gin.MIXTURE_OR_TASK_NAME="'mpt_embedded_source'" --gin.NUM_TASKS=6
+TEACHER=("${COMMON[@]}" "${NOEVAL[@]}" --gin_file=models/teachers.gin "${TINY[@]}"
+         --gin_file=runs/teacher.gin "${EMB[@]}" --gin.MIXTURE_OR_TASK_NAME="'mpt_embedded_source'" --gin.NUM_TASKS=6
          --gin.INITIAL_CHECKPOINT_PATH="'$WORK/backbone/checkpoint_20'"
          --gin.MODEL_DIR="'$WORK/teacher'")
 train teacher "${TEACHER[@]}" --gin.TRAIN_STEPS=40
@@ -48,7 +54,7 @@ SOURCE=("${COMMON[@]}" --gin_file=models/mpt.gin "${TINY[@]}" --gin_file=runs/so
         "${EMB[@]}" --gin.MIXTURE_OR_TASK_NAME="'mpt_embedded_source'" --gin.NUM_TASKS=6
         --gin.TEACHER_CHECKPOINT="'$WORK/teacher/checkpoint_60'"
         --gin.TEACHER_PROMPTS="'$WORK/teacher/prompt_npy/task_prompts.npy'"
-        --gin.MODEL_DIR="'$WORK/source'")
+        --gin.Distillation.weight=0.5 --gin.MODEL_DIR="'$WORK/source'")
 train source "${SOURCE[@]}" --gin.TRAIN_STEPS=80
 train source_resumed "${SOURCE[@]}" --gin.TRAIN_STEPS=100
 python "$REPO/tests/t5x_e2e/compare.py" teacher/checkpoint_60 source/checkpoint_100
@@ -56,7 +62,7 @@ python "$REPO/tests/t5x_e2e/compare.py" source/checkpoint_80 source/checkpoint_1
 python -m mpt_jax.t5x_ext.export --checkpoint=source/checkpoint_100 \
   --npy_dir=source/prompt_npy --peft_dir=source/peft --overwrite
 
-train target "${COMMON[@]}" --gin_file=models/mpt.gin "${TINY[@]}" \
+train target "${COMMON[@]}" "${NOEVAL[@]}" --gin_file=models/mpt.gin "${TINY[@]}" \
   --gin_file=runs/target.gin "${EMB[@]}" \
   --gin.MIXTURE_OR_TASK_NAME="'mpt_embedded_target_0_32shot'" --gin.NUM_TASKS=1 \
   --gin.SOURCE_CHECKPOINT="'$WORK/source/checkpoint_100'" \
@@ -64,19 +70,18 @@ train target "${COMMON[@]}" --gin_file=models/mpt.gin "${TINY[@]}" \
   --gin.TRAIN_STEPS=120 --gin.MODEL_DIR="'$WORK/target'"
 python "$REPO/tests/t5x_e2e/compare.py" source/checkpoint_100 target/checkpoint_120
 
-python -m t5x.eval --gin_search_paths="$CONFIGS" --gin_file=models/mpt.gin "${TINY[@]}" \
+run eval t5x.eval --gin_search_paths="$CONFIGS" --gin_file=models/mpt.gin "${TINY[@]}" \
   --gin_file=runs/eval.gin "${EMB[@]}" \
   --gin.MIXTURE_OR_TASK_NAME="'mpt_embedded_target_0_32shot'" --gin.NUM_TASKS=1 \
   --gin.CHECKPOINT_PATH="'$WORK/target/checkpoint_120'" --gin.EVAL_OUTPUT_DIR="'$WORK/eval'" \
-  --gin.TASK_FEATURE_LENGTHS=None 2> "$WORK/eval.log" || { tail -40 "$WORK/eval.log"; exit 1; }
-python -m t5x.infer --gin_search_paths="$CONFIGS" --gin_file=models/mpt.gin "${TINY[@]}" \
+  --gin.TASK_FEATURE_LENGTHS=None
+run infer t5x.infer --gin_search_paths="$CONFIGS" --gin_file=models/mpt.gin "${TINY[@]}" \
   --gin_file=runs/infer.gin "${EMB[@]}" \
   --gin.MIXTURE_OR_TASK_NAME="'mpt_embedded_target_0_32shot'" --gin.NUM_TASKS=1 \
-  --gin.CHECKPOINT_PATH="'$WORK/target/checkpoint_120'" --gin.INFER_OUTPUT_DIR="'$WORK/infer'" \
-  2> "$WORK/infer.log" || { tail -40 "$WORK/infer.log"; exit 1; }
+  --gin.CHECKPOINT_PATH="'$WORK/target/checkpoint_120'" --gin.INFER_OUTPUT_DIR="'$WORK/infer'"
 
 # Hierarchical prompt (shared → group → task) on Flaxformer's T5, from the backbone.
-HIER=("${COMMON[@]}" --gin_file=models/hierarchical.gin "${TINY[@]}"
+HIER=("${COMMON[@]}" "${NOEVAL[@]}" --gin_file=models/hierarchical.gin "${TINY[@]}"
       --gin_file=architectures/flaxformer_t5_prompt.gin --gin_file=runs/teacher.gin "${EMB[@]}"
       --gin.MIXTURE_OR_TASK_NAME="'mpt_embedded_source'" --gin.TASK_GROUPS="(0, 0, 0, 1, 1, 1)" --gin.ACTIVATION_DTYPE="'float32'"
       --gin.INITIAL_CHECKPOINT_PATH="'$WORK/backbone/checkpoint_20'"
