@@ -518,6 +518,7 @@ def main(
     shots: Sequence[int] = (16,),
     learning_rates: Sequence[float] = (0.3, 0.1),
     recipe: PromptRecipe | None = None,
+    teacher_recipe: PromptRecipe | None = None,
     mpt_recipe: PromptRecipe | None = None,
     distillation: Distillation | None = None,
     prompt_length: int = 8,
@@ -548,7 +549,9 @@ def main(
         validation data (one value: no selection); a rate scales the recipe's updates
         by ``rate / recipe.learning_rate``.
       recipe: the optimizer of every stage (None: the gin-bound ``PromptRecipe()``,
-        prompt tuning's Adafactor at 0.3); teachers and sources train at its rate.
+        prompt tuning's Adafactor at 0.3).
+      teacher_recipe: the recipe of the teachers and of SPoT's mixture prompt, the source
+        stage's vanilla prompts (None: ``recipe``).
       mpt_recipe: the recipe of the MPT prompts' stages, sources and targets (None:
         ``recipe`` with the task factors ``U``, ``V`` at :data:`MPT_FACTOR_RATES` unless
         ``recipe.learning_rates`` names them; a target rate scales every rate alike).
@@ -625,11 +628,12 @@ def main(
         rates = {**MPT_FACTOR_RATES, **dict(recipe.learning_rates)}
         mpt_recipe = dataclasses.replace(recipe, learning_rates=rates)
     distillation = Distillation() if distillation is None else distillation
+    teacher_recipe = recipe if teacher_recipe is None else teacher_recipe
     sources = train_sources(
         backbone_params,
         config,
         benches,
-        recipe,
+        teacher_recipe,
         mpt_recipe,
         distillation,
         prompt_length=prompt_length,
@@ -717,6 +721,7 @@ def main(
             shots=list(shots),
             learning_rates=list(learning_rates),
             recipe=repr(recipe),
+            teacher_recipe=repr(teacher_recipe),
             mpt_recipe=repr(mpt_recipe),
             distillation=repr(distillation),
             prompt_length=prompt_length,
