@@ -540,6 +540,7 @@ def main(
     shots: Sequence[int] = (16,),
     learning_rates: Sequence[float] = (0.3, 0.1),
     recipe: PromptRecipe | None = None,
+    teacher_recipe: PromptRecipe | None = None,
     mpt_recipe: PromptRecipe | None = None,
     distillation: Distillation | None = None,
     prompt_length: int = 8,
@@ -570,7 +571,9 @@ def main(
         validation data (one value: no selection); a rate scales the recipe's updates
         by ``rate / recipe.learning_rate``.
       recipe: the optimizer of every stage (None: the gin-bound ``PromptRecipe()``,
-        prompt tuning's Adafactor at 0.3); teachers and sources train at its rate.
+        prompt tuning's Adafactor at 0.3).
+      teacher_recipe: the recipe of the teachers and of SPoT's mixture prompt, the source
+        stage's vanilla prompts (None: ``recipe``).
       mpt_recipe: the recipe of the MPT prompts' stages, sources and targets (None:
         ``recipe``); as in the runner, the task factors ``U``, ``V`` train at
         :data:`~mpt_jax.training.optimizers.MPT_FACTOR_RATES` unless it names them
@@ -647,11 +650,12 @@ def main(
     recipe = PromptRecipe() if recipe is None else recipe
     mpt_recipe = optimizers.mpt_recipe(recipe) if mpt_recipe is None else mpt_recipe
     distillation = Distillation() if distillation is None else distillation
+    teacher_recipe = recipe if teacher_recipe is None else teacher_recipe
     sources = train_sources(
         backbone_params,
         config,
         benches,
-        recipe,
+        teacher_recipe,
         mpt_recipe,
         distillation,
         prompt_length=prompt_length,
@@ -739,6 +743,7 @@ def main(
             shots=list(shots),
             learning_rates=list(learning_rates),
             recipe=repr(recipe),
+            teacher_recipe=repr(teacher_recipe),
             mpt_recipe=repr(mpt_recipe),
             distillation=repr(distillation),
             prompt_length=prompt_length,
