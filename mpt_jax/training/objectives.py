@@ -95,8 +95,9 @@ def task_loss_fn(model: nn.Module, *, z_loss: float = 0.0) -> LossFn:
 class Distillation:
     """MPT's distillation recipe: ``L_task + weight · (temperature² · KL + MSE)``.
 
-    The single definition of λ and τ for the runner, the demo and (checked by
-    ``tests/test_optimizers.py``) the T5X gin files::
+    The single definition of λ and τ for the runner, the demo and the T5X layer
+    (``t5x_ext.models.PromptDistillationModel`` takes a ``Distillation``; the T5X gin
+    files restate none of its values, checked by ``tests/test_optimizers.py``)::
 
         Distillation.weight = 0.5
 
