@@ -3,14 +3,20 @@
 For each size, a fresh ``training.make_train_step`` (and ``jax.clear_caches()``, so
 nothing is reused from an earlier trace) is traced and lowered (``jit(...).lower``) and
 then compiled by XLA (``.compile()``); both phases are timed separately, ``reps`` times,
-medians. Three ways:
+medians. XLA's compile is also given in process CPU seconds (``*_xla_compile_cpu_s``,
+all threads), which a machine shared with other jobs inflates far less than wall time.
+The ways:
 
 - ``cold``: JAX's defaults, no persistent cache — the first run on a machine;
 - ``cold_rbg``: the dropout key from XLA's RngBitGenerator
   (``train_loop.dropout_rng_impl = "unsafe_rbg"``, T5X's ``use_hardware_rng``): each
   dropout draw is one op instead of a threefry loop, which XLA compiles much faster;
 - ``warm``: JAX's persistent compilation cache (on by default in ``mpt-jax``; here a
-  temporary folder filled by one compile first) — every later run of the same step.
+  temporary folder filled by one compile first) — every later run of the same step;
+- ``cold_o0``, ``cold_fast_compile``: cold, with per-compile XLA options
+  (:data:`XLA_OPTION_MODES`, passed to ``Lowered.compile(compiler_options=...)``):
+  LLVM at ``-O0``, and XLA:CPU's ``FAST_COMPILE`` preset. Neither is the library's
+  default: ``benchmarks/README.md`` ("Cold compile") gives their compile and step times.
 
 Target: the whole compile (trace + lower + XLA) of ``small`` within 5 s on CPU.
 
@@ -32,12 +38,25 @@ from mpt_jax import compile_cache, training
 
 #: Target for the whole compile of the ``small`` train step on CPU (seconds).
 SMALL_TARGET_S = 5.0
+#: Per-compile XLA options timed as extra cold modes (names are ``DebugOptions``
+#: fields of jaxlib 0.10.2; an unknown one raises ``INVALID_ARGUMENT``).
+XLA_OPTION_MODES: dict[str, dict[str, Any]] = {
+    "cold_o0": {"xla_backend_optimization_level": 0},
+    "cold_fast_compile": {"xla_cpu_opt_preset": "CPU_OPT_PRESET_FAST_COMPILE"},
+}
 #: The ways a compile is timed (see the module docstring).
-MODES = ("cold", "cold_rbg", "warm")
+MODES = ("cold", "cold_rbg", "warm", *XLA_OPTION_MODES)
 
 
-def compile_once(model, params, batch, rng_impl: str = "threefry2x32") -> tuple[float, float]:
-    """Seconds to trace+lower and to XLA-compile a fresh train step."""
+def compile_once(
+    model,
+    params,
+    batch,
+    rng_impl: str = "threefry2x32",
+    compiler_options: dict[str, Any] | None = None,
+) -> tuple[float, float, float]:
+    """Seconds to trace+lower, to XLA-compile (wall) and XLA's process CPU seconds,
+    for a fresh train step compiled with ``compiler_options`` (None: XLA's defaults)."""
     jax.clear_caches()
     prompt, backbone = training.split_params(params)
     tx = common.make_tx("adamw")
@@ -46,9 +65,9 @@ def compile_once(model, params, batch, rng_impl: str = "threefry2x32") -> tuple[
     rng = jax.random.key(0, impl=rng_impl)
     start = time.perf_counter()
     lowered = step.lower(state, {"backbone": backbone}, batch, rng)
-    mid = time.perf_counter()
-    lowered.compile()
-    return mid - start, time.perf_counter() - mid
+    mid, cpu = time.perf_counter(), time.process_time()
+    lowered.compile(compiler_options=compiler_options)
+    return mid - start, time.perf_counter() - mid, time.process_time() - cpu
 
 
 def _set_cache(directory: str | None) -> None:
@@ -68,10 +87,14 @@ def run(
         w = common.workload(size, dtype)
         model, params = common.init_model(w, "mpt")
         batch = common.device_batch(common.make_batch(w))
-        runs: dict[str, list[tuple[float, float]]] = {}
+        runs: dict[str, list[tuple[float, float, float]]] = {}
         _set_cache(None)
         runs["cold"] = [compile_once(model, params, batch) for _ in range(reps)]
         runs["cold_rbg"] = [compile_once(model, params, batch, "unsafe_rbg") for _ in range(reps)]
+        for mode, options in XLA_OPTION_MODES.items():
+            runs[mode] = [
+                compile_once(model, params, batch, compiler_options=options) for _ in range(reps)
+            ]
         with tempfile.TemporaryDirectory() as cache_dir:
             compile_cache.enable(cache_dir)
             jax_cache.reset_cache()
@@ -82,7 +105,10 @@ def run(
             prefix = size if mode == "cold" else f"{size}_{mode}"
             figures[f"{prefix}_trace_lower_s"] = statistics.median(r[0] for r in runs[mode])
             figures[f"{prefix}_xla_compile_s"] = statistics.median(r[1] for r in runs[mode])
-            figures[f"{prefix}_total_compile_s"] = statistics.median(sum(r) for r in runs[mode])
+            figures[f"{prefix}_xla_compile_cpu_s"] = statistics.median(r[2] for r in runs[mode])
+            figures[f"{prefix}_total_compile_s"] = statistics.median(
+                r[0] + r[1] for r in runs[mode]
+            )
         if size == "small":
             for mode in MODES:
                 name = (
