@@ -240,6 +240,18 @@ class T5XStepper:
         return float(loss.compute() if hasattr(loss, "compute") else loss)
 
 
+def t5x_param_template(t5x_model, t5x_batch) -> Any:
+    """The shapes of ``t5x_model``'s parameter tree for ``t5x_batch`` (``jax.eval_shape`` of
+    its initial variables: nothing is allocated), which :func:`t5x_params_from_ours` fills."""
+    return jax.eval_shape(
+        lambda: t5x_model.get_initial_variables(
+            jax.random.PRNGKey(0),
+            {k: v.shape for k, v in t5x_batch.items()},
+            {k: v.dtype for k, v in t5x_batch.items()},
+        )
+    )["params"]
+
+
 def same_start(model, params, t5x_model, t5x_params, batch) -> dict[str, float]:
     """Both sides on ``batch`` without dropout, full float32 matmuls.
 
@@ -250,32 +262,17 @@ def same_start(model, params, t5x_model, t5x_params, batch) -> dict[str, float]:
     Returns:
       ``ours_loss``, ``t5x_loss`` (per token), ``abs_loss_diff``, ``max_abs_logit_diff``.
     """
-    prompt, backbone = training.split_params(dict(params))
+    ours_loss, ours_logits = common.ours_loss_and_logits(model, params, batch, z_loss=Z_LOSS)
     t5x_batch = {k: v for k, v in batch.items() if k != "task_ids"}
     with jax.default_matmul_precision("highest"):
-        ours_loss = training.make_eval_step(training.task_loss_fn(model, z_loss=Z_LOSS))(
-            prompt, {"backbone": backbone}, dict(batch)
-        )["loss"]
-        ours_logits = jax.jit(
-            lambda p: model.apply(
-                {"params": p},
-                batch["encoder_input_tokens"],
-                batch["decoder_input_tokens"],
-                batch["decoder_target_tokens"],
-                batch["task_ids"],
-                enable_dropout=False,
-            )
-        )(params)
         t5x_loss, _ = jax.jit(lambda p: t5x_model.loss_fn(p, t5x_batch, None))(t5x_params)
         t5x_logits = jax.jit(lambda p: t5x_model._compute_logits(p, t5x_batch))(t5x_params)
     t5x_loss = float(t5x_loss) / float(np.sum(batch["decoder_loss_weights"]))
     return {
-        "ours_loss": float(ours_loss),
+        "ours_loss": ours_loss,
         "t5x_loss": t5x_loss,
-        "abs_loss_diff": abs(float(ours_loss) - t5x_loss),
-        "max_abs_logit_diff": float(
-            np.abs(np.asarray(ours_logits, np.float32) - np.asarray(t5x_logits, np.float32)).max()
-        ),
+        "abs_loss_diff": abs(ours_loss - t5x_loss),
+        "max_abs_logit_diff": float(np.abs(ours_logits - np.asarray(t5x_logits, np.float32)).max()),
     }
 
 
@@ -299,13 +296,7 @@ def run(size: str = "mini", *, reps: int = 10, warmup: int = 2) -> dict[str, Any
     t5x_batch = {k: v for k, v in batch.items() if k != "task_ids"}
     model, params = common.init_model(w, "single")  # ours_prompt's start (same seed)
     t5x_model = build_t5x_model(w)
-    template = jax.eval_shape(
-        lambda: t5x_model.get_initial_variables(
-            jax.random.PRNGKey(0),
-            {k: v.shape for k, v in t5x_batch.items()},
-            {k: v.dtype for k, v in t5x_batch.items()},
-        )
-    )["params"]
+    template = t5x_param_template(t5x_model, t5x_batch)
     t5x = T5XStepper(t5x_model, t5x_batch, params=t5x_params_from_ours(template, params))
     start = same_start(model, params, t5x_model, t5x.state.params, batch)
     check_same_start(start)

@@ -190,6 +190,30 @@ def init_model(w: Workload, kind: str = "mpt", *, seed: int = 0) -> tuple[Prompt
     return model, nn.unbox(init(jax.random.key(seed))["params"])
 
 
+def ours_loss_and_logits(
+    model: PromptedT5, params: Mapping, batch: Mapping[str, np.ndarray], *, z_loss: float = 0.0
+) -> tuple[float, np.ndarray]:
+    """Our side of a same-start check: the per-token loss through our eval step
+    (``training.make_eval_step`` over ``task_loss_fn``) and the logits ``[batch, targets,
+    vocab]`` of ``PromptedT5`` without dropout, both with full float32 matmuls."""
+    prompt, backbone = training.split_params(dict(params))
+    with jax.default_matmul_precision("highest"):
+        loss = training.make_eval_step(training.task_loss_fn(model, z_loss=z_loss))(
+            prompt, {"backbone": backbone}, dict(batch)
+        )["loss"]
+        logits = jax.jit(
+            lambda p: model.apply(
+                {"params": p},
+                batch["encoder_input_tokens"],
+                batch["decoder_input_tokens"],
+                batch["decoder_target_tokens"],
+                batch["task_ids"],
+                enable_dropout=False,
+            )
+        )(params)
+    return float(loss), np.asarray(logits, np.float32)
+
+
 def device_batch(batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
     """The batch moved to the default device once (so steps do not re-transfer it)."""
     return {k: jax.device_put(v) for k, v in batch.items()}

@@ -23,6 +23,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from benchmarks import common
 from mpt_jax import training
 from mpt_jax.backbone import T5Config
 from mpt_jax.backbone.hf_import import config_from_hf, convert_hf_state_dict
@@ -188,21 +189,7 @@ def same_start(model, params, peft_model, batch: Mapping[str, np.ndarray]) -> di
     """
     import torch
 
-    prompt, backbone = training.split_params(dict(params))
-    with jax.default_matmul_precision("highest"):
-        ours_loss = training.make_eval_step(training.task_loss_fn(model))(
-            prompt, {"backbone": backbone}, dict(batch)
-        )["loss"]
-        ours_logits = jax.jit(
-            lambda p: model.apply(
-                {"params": p},
-                batch["encoder_input_tokens"],
-                batch["decoder_input_tokens"],
-                batch["decoder_target_tokens"],
-                batch["task_ids"],
-                enable_dropout=False,
-            )
-        )(params)
+    ours_loss, ours_logits = common.ours_loss_and_logits(model, params, batch)
     device = next(peft_model.parameters()).device
     tf32 = torch.backends.cuda.matmul.allow_tf32
     peft_model.eval()

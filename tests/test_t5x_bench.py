@@ -7,7 +7,6 @@ does not (another prompt) is refused before any timing.
 
 from __future__ import annotations
 
-import jax
 import numpy as np
 import pytest
 
@@ -24,13 +23,7 @@ def sides():
     t5x_batch = {k: v for k, v in batch.items() if k != "task_ids"}
     model, params = common.init_model(w, "single")
     t5x_model = bench_t5x.build_t5x_model(w)
-    template = jax.eval_shape(
-        lambda: t5x_model.get_initial_variables(
-            jax.random.PRNGKey(0),
-            {k: v.shape for k, v in t5x_batch.items()},
-            {k: v.dtype for k, v in t5x_batch.items()},
-        )
-    )["params"]
+    template = bench_t5x.t5x_param_template(t5x_model, t5x_batch)
     return w, batch, model, params, t5x_model, template
 
 
