@@ -74,6 +74,22 @@ def _session_compilation_cache():
         _use_session_cache()
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _fresh_gin_config_per_module():
+    """Starts each test module with no gin bindings.
+
+    ``mpt-jax`` jobs run in-process (``cli.main``) leave their bindings behind, as
+    ``t5x.train`` does; a later module calling a configurable directly would otherwise get
+    them (``stages.target``'s ``source`` bound to ``@source/stages.load_source()`` read a
+    ``runs/source`` that does not exist). Autouse fixtures of a conftest run before a
+    module's own, so a module's fixture that binds parameters keeps them.
+    """
+    import gin
+
+    gin.clear_config()
+    yield
+
+
 def pytest_unconfigure(config):
     if _OWN_CACHE and not hasattr(config, "workerinput"):
         shutil.rmtree(_OWN_CACHE, ignore_errors=True)
