@@ -57,7 +57,10 @@ setup(
     ],
     extras_require={
         "test": [
-            "pytest>=8",
+            # < 9.2: pytest 9.2's structured node ids make pytest-xdist 3.8's --dist
+            # loadgroup silently stop grouping (pytest-dev/pytest-xdist#1386), so each
+            # worker rebuilds the module fixtures (the demo, trained runs): minutes more.
+            "pytest>=8,<9.2",
             "pytest-xdist>=3.5",
             "hypothesis>=6.100",
             "psutil>=5.9",  # benchmarks (peak memory), run by the smoke test

@@ -4,6 +4,7 @@ import importlib.util
 import os
 import shutil
 import tempfile
+import warnings
 
 import jax
 import pytest
@@ -15,14 +16,19 @@ from jax._src import compilation_cache as jax_cache
 os.environ.setdefault("MPT_JAX_COMPILATION_CACHE_DIR", "")
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's worker reads the marks
-def pytest_collection_modifyitems(items):
+@pytest.hookimpl(wrapper=True)  # around pytest-xdist's worker hook, which reads the marks
+def pytest_collection_modifyitems(config, items):
     """Keeps a module's tests on one pytest-xdist worker when they share a module fixture.
 
     Under ``pytest -n 2 --dist loadgroup`` (pyproject's ``addopts``) xdist otherwise sends
     consecutive chunks of tests to each worker, and a module whose tests straddle two
     chunks builds its module-scoped fixture (a trained run, the demo: 1-2 CPU-minutes) on
     both workers. Tests without such a fixture stay spread test by test.
+
+    Afterwards, warns when xdist did not take the groups: it tells its scheduler a test's
+    group by appending ``@group`` to the node id, which on pytest 9.2 no longer changes
+    the id (pytest-dev/pytest-xdist#1386; setup.py pins ``pytest<9.2``), and every worker
+    then builds the module fixtures again (about 5 minutes more on 2 cores).
     """
     for item in items:
         module = getattr(item, "module", None)
@@ -34,6 +40,20 @@ def pytest_collection_modifyitems(items):
         )
         if module is not None and shared:
             item.add_marker(pytest.mark.xdist_group(module.__name__))
+    result = yield
+    if getattr(config.option, "loadgroup", False):
+        lost = [
+            i.nodeid for i in items if i.get_closest_marker("xdist_group") and "@" not in i.nodeid
+        ]
+        if lost:
+            warnings.warn(
+                f"pytest-xdist --dist loadgroup is not grouping ({len(lost)} tests, e.g. "
+                f"{lost[0]}): pytest {pytest.__version__} with this pytest-xdist drops the "
+                "group from the node id (pytest-dev/pytest-xdist#1386); install the test "
+                "extras' pytest<9.2, or each worker builds the module fixtures again.",
+                stacklevel=1,
+            )
+    return result
 
 
 # One persistent compilation cache for the whole run, shared by the pytest-xdist workers:
