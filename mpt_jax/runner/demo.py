@@ -458,14 +458,15 @@ def adapt_targets(
 # -- the run ----------------------------------------------------------------------------------
 
 
-def check_settings(*, grids: dict[str, tuple], counts: dict[str, int], shots) -> None:
-    """Refuses an empty grid (``grids``: name → values), a count below 1 (``counts``) and an
-    odd or too small ``k``, naming ``demo.main``'s argument and the value."""
+def check_settings(grids: dict[str, tuple], counts: dict[str, int]) -> None:
+    """Refuses an empty grid (``grids``: name → values, ``shots`` among them), an odd or
+    too small ``k`` and a count below 1 (``counts``: name → value), naming ``demo.main``'s
+    argument and the value."""
     for name, values in grids.items():
         if not values:
             raise ValueError(f"demo.main.{name} must name at least one value.")
-    if any(k < 2 or k % 2 for k in shots):
-        raise ValueError(f"demo.main.shots must be even numbers >= 2; got {shots}.")
+    if any(k < 2 or k % 2 for k in grids["shots"]):
+        raise ValueError(f"demo.main.shots must be even numbers >= 2; got {grids['shots']}.")
     for name, value in counts.items():
         if value < 1:
             raise ValueError(f"demo.main.{name} must be >= 1; got {value}.")
@@ -568,16 +569,15 @@ def main(
     shots, seeds, benchmark_seeds = tuple(shots), tuple(seeds), tuple(benchmark_seeds)
     learning_rates = tuple(float(r) for r in learning_rates)
     check_settings(
-        grids=dict(
+        dict(
             shots=shots, seeds=seeds, learning_rates=learning_rates, benchmark_seeds=benchmark_seeds
         ),
-        counts=dict(
+        dict(
             teacher_steps=teacher_steps,
             source_steps=source_steps,
             target_steps=target_steps,
             eval_points=eval_points,
         ),
-        shots=shots,
     )
     start, seconds = time.time(), {}
     log = print if verbose else (lambda *a, **k: None)
