@@ -12,7 +12,7 @@ from mpt_jax.data import synthetic
 from mpt_jax.decoding import greedy_decode, rank_classification
 from mpt_jax.model import PromptedT5
 from mpt_jax.prompts import SinglePrompt
-from mpt_jax.runner import demo
+from mpt_jax.runner import demo, demo_data
 from mpt_jax.training.optimizers import PromptRecipe
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -101,14 +101,14 @@ def test_parameter_counts_follow_the_formulas(report):
 def test_scorer_equals_greedy_decoding_and_rank_classification():
     config, backbone, _ = assets.read_backbone()
     bench = synthetic.EmbeddedBenchmark()
-    data = [demo.encode(bench.examples(t, "test", 16), 0) for t in bench.target_tasks[:2]]
+    data = [demo_data.encode(bench.examples(t, "test", 16), 0) for t in bench.target_tasks[:2]]
     prompts = jax.random.normal(jax.random.key(0), (3, 8, config.emb_dim))
     which = np.array([0, 1, 1])
-    em, rc = demo.scorer(config, 8)(prompts, backbone, demo.stack_batches(data), which)
+    em, rc = demo_data.scorer(config, 8)(prompts, backbone, demo_data.stack_batches(data), which)
     model = PromptedT5(config, SinglePrompt(length=8, embed_dim=config.emb_dim))
     labels = np.stack(
         [
-            demo.encode([{"inputs": "", "targets": w}], 0)["decoder_target_tokens"][0]
+            demo_data.encode([{"inputs": "", "targets": w}], 0)["decoder_target_tokens"][0]
             for w in synthetic.LABELS
         ]
     )
@@ -121,7 +121,7 @@ def test_scorer_equals_greedy_decoding_and_rank_classification():
             params,
             d["encoder_input_tokens"],
             d["task_ids"],
-            max_decode_length=demo.TARGET_LENGTH,
+            max_decode_length=demo_data.TARGET_LENGTH,
         )
         decoded = [synthetic.decode_ids(t) for t in np.asarray(tokens)]
         ll = rank_classification(model, params, d["encoder_input_tokens"], d["task_ids"], labels)
@@ -139,9 +139,9 @@ def test_bad_arguments_are_refused():
 
 def test_batches_keep_inputs_and_targets_paired():
     bench = synthetic.EmbeddedBenchmark()
-    few = demo.encode(bench.few_shot("target_1", 4, seed=0), 0)
+    few = demo_data.encode(bench.few_shot("target_1", 4, seed=0), 0)
     rng = np.random.default_rng(0)
-    batch = demo.draw(few, 16, rng)  # 4 examples tiled to 16, each 4 times
+    batch = demo_data.draw(few, 16, rng)  # 4 examples tiled to 16, each 4 times
     texts = [synthetic.decode_ids(t) for t in batch["encoder_input_tokens"]]
     assert sorted(set(texts)) == sorted(e["inputs"] for e in bench.few_shot("target_1", 4, 0))
     assert all(texts.count(t) == 4 for t in set(texts))

@@ -6,7 +6,8 @@
   safetensors, Hugging Face) or random.
 - ``data``: deterministic, resumable seqio training batches.
 - ``evaluation``: seqio metrics by decoding or scoring.
-- ``demo``: the embedded-benchmark demo (``mpt-jax demo``).
+- ``demo``: the embedded-benchmark demo (``mpt-jax demo``); ``demo_data`` its batches and
+  scorer, ``demo_report`` its table, plot, statistics and ``results.json``.
 
 Submodules import TensorFlow/seqio, so they are imported on demand, not here.
 """

@@ -29,16 +29,20 @@ classification (the label with the higher log-likelihood), at step 0 and after t
 ``results.json`` also holds learning curves, each method's validation scores per rate,
 source-task accuracies and the RMS of every source and target prompt beside the
 token embeddings'. gin binds every argument of :func:`main` (``configs/runner/demo.gin``).
+
+This module is the pipeline (:func:`train_sources`, :func:`target_groups`,
+:func:`adapt_targets`) and :func:`main`, which composes it; the batches and the scorer
+are :mod:`mpt_jax.runner.demo_data`, the table, plot, statistics and ``results.json``
+:mod:`mpt_jax.runner.demo_report`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import pathlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -49,20 +53,16 @@ import numpy as np
 
 from mpt_jax import assets
 from mpt_jax.data import synthetic
-from mpt_jax.decoding import shift_right
-from mpt_jax.model import PromptedT5
-from mpt_jax.prompts import SinglePrompt
-from mpt_jax.prompts.accounting import count_parameters
-from mpt_jax.prompts.source_init import init_from_source
-from mpt_jax.runner import stages
+from mpt_jax.runner import demo_report, stages
+from mpt_jax.runner.demo_data import concat, draw, encode, prompts_of, scorer, stack_batches
+from mpt_jax.runner.demo_report import mpt_task_prompts, rms
 from mpt_jax.runner.stages import SourcePrompt, Stage, StageContext
 from mpt_jax.training import optimizers
 from mpt_jax.training.objectives import Distillation
 from mpt_jax.training.optimizers import PromptRecipe
+from mpt_jax.training.run_group import RunGroup
 
 PyTree = Any
-INPUT_LENGTH = 12  # at most 10 symbols + EOS, rounded up
-TARGET_LENGTH = 4  # "yes" + EOS
 
 PT, PT_RMS, SPOT = "prompt tuning", "prompt tuning at SPoT's RMS", "SPoT"
 MPT_SCRATCH, MPT_NO_KD, MPT, MPT_MULTI = (
@@ -92,109 +92,7 @@ QUICK = dict(
 )
 
 
-# -- helpers ----------------------------------------------------------------------------------
-
-
-def rms(x) -> float:
-    """Root mean square ``sqrt(mean(x²))`` of an array."""
-    return float(np.sqrt(np.mean(np.square(np.asarray(x, np.float64)))))
-
-
-def prompts_of(generator: nn.Module, params: PyTree, num_tasks: int) -> jax.Array:
-    """Every run's prompt for task ids ``0 … num_tasks-1``: ``[R, num_tasks, L, D]``."""
-    ids = jnp.arange(num_tasks, dtype=jnp.int32)
-    return jax.vmap(lambda p: generator.apply({"params": p}, ids))(params)
-
-
-# -- data -------------------------------------------------------------------------------------
-
-
-def encode(examples: list[dict[str, str]], task_ids) -> dict[str, np.ndarray]:
-    """``to_batch`` at the demo's lengths; ``task_ids`` an int or one per example."""
-    ids = np.broadcast_to(np.asarray(task_ids, np.int32), (len(examples),))
-    return synthetic.to_batch(examples, ids, input_length=INPUT_LENGTH, target_length=TARGET_LENGTH)
-
-
-def draw(data: dict[str, np.ndarray], size: int, rng: np.random.Generator) -> dict:
-    """``size`` rows of ``data``: all of them reshuffled and tiled when there are at most
-    ``size`` (a k-shot set), else ``size`` of them without replacement."""
-    n = len(data["task_ids"])
-    order = rng.permutation(n)
-    index = np.resize(order, size) if n <= size else order[:size]
-    return {k: v[index] for k, v in data.items()}
-
-
-def concat(batches: Sequence[dict]) -> dict:
-    return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
-
-
-def stack_batches(batches: Sequence[dict]) -> dict:
-    return {k: np.stack([b[k] for b in batches]) for k in batches[0]}
-
-
-# -- scoring ----------------------------------------------------------------------------------
-
-
-@functools.cache
-def scorer(config, length: int) -> Callable:
-    """``score(prompts [U, L, D], backbone, data [G, N, ...], which [U]) -> (em, rc) [U]``:
-    exact match and rank-classification accuracy (%) of unit ``u``'s prompt on data set
-    ``which[u]``, one compiled program for every method.
-
-    One pass scores both: the encoder runs once, the decoder once per label word under
-    teacher forcing. Rank classification picks the label with the higher log-likelihood;
-    exact match asks that the gold label's every token (EOS included) be the argmax,
-    which is exactly when greedy decoding emits it.
-    """
-    model = PromptedT5(config, SinglePrompt(length=length, embed_dim=config.emb_dim))
-    labels = jnp.asarray(
-        np.stack(
-            [
-                encode([{"inputs": "", "targets": w}], 0)["decoder_target_tokens"][0]
-                for w in synthetic.LABELS
-            ]
-        )
-    )
-
-    def one(prompt, backbone, data):
-        params = {**backbone, "prompt": {"shared": prompt}}
-        tokens = data["encoder_input_tokens"]  # [N, S]
-        n, c = tokens.shape[0], labels.shape[0]
-        encoded = model.apply(
-            {"params": params},
-            tokens,
-            jnp.zeros((n,), jnp.int32),
-            enable_dropout=False,
-            method=PromptedT5.encode,
-        )
-        targets = jnp.tile(labels, (n, 1))  # [N · C, T], example-major
-        logits = model.apply(
-            {"params": params},
-            jnp.repeat(encoded, c, 0),
-            jnp.repeat(tokens, c, 0),
-            shift_right(targets),
-            targets,
-            enable_dropout=False,
-            method=PromptedT5.decode,
-        )
-        logp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
-        token_ll = jnp.take_along_axis(logp, targets[..., None], -1)[..., 0] * (targets > 0)
-        ll = token_ll.sum(-1).reshape(n, c)
-        hit = jnp.all((jnp.argmax(logp, -1) == targets) | (targets == 0), -1).reshape(n, c)
-        gold = jnp.argmax(jnp.all(data["decoder_target_tokens"][:, None] == labels, -1), -1)
-        em = jnp.take_along_axis(hit, gold[:, None], -1)[:, 0]
-        return 100 * jnp.mean(em), 100 * jnp.mean(jnp.argmax(ll, -1) == gold)
-
-    @jax.jit
-    def score(prompts, backbone, data, which):
-        return jax.vmap(one, in_axes=(0, None, 0))(
-            prompts, backbone, jax.tree.map(lambda x: x[which], data)
-        )
-
-    return score
-
-
-# -- stages -----------------------------------------------------------------------------------
+# -- sources ----------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,6 +103,21 @@ class Sources:
     spot: np.ndarray  # [B, L, D]
     mpt: PyTree  # MultitaskPrompt params [B, ...] (λ > 0)
     mpt_no_kd: PyTree  # [B, ...] (λ = 0)
+
+    def task_prompts(self) -> dict[str, np.ndarray]:
+        """Each source prompt's prompt for every source task, by name: ``[B, T, L, D]``
+        (SPoT's one prompt repeated per task)."""
+        return {
+            "teachers": self.teachers,
+            SPOT: np.broadcast_to(self.spot[:, None], self.teachers.shape),
+            MPT: mpt_task_prompts(self.mpt),
+            MPT_NO_KD: mpt_task_prompts(self.mpt_no_kd),
+        }
+
+    def prompt_rms(self, rank: int) -> list[dict]:
+        """:func:`demo_report.source_rms` of every source prompt, per benchmark."""
+        single, mpt = {SPOT: self.spot}, {MPT: self.mpt, MPT_NO_KD: self.mpt_no_kd}
+        return demo_report.source_rms(self.teachers, single, mpt, rank)
 
 
 def train_sources(
@@ -286,6 +199,9 @@ def train_sources(
     return Sources(tables[0::2], tables[1::2, 0], mpt, no_kd)
 
 
+# -- target groups ----------------------------------------------------------------------------
+
+
 @dataclasses.dataclass(frozen=True)
 class Unit:
     """One few-shot adaptation problem: benchmark seed index, target task, k, few-shot seed."""
@@ -294,6 +210,25 @@ class Unit:
     task: int
     shots: int
     seed: int
+
+
+def target_units(num_benches: int, num_targets: int, shots, seeds) -> list[Unit]:
+    """Every (benchmark, target task, k, few-shot seed), in that nesting order."""
+    return [
+        Unit(b, j, k, s)
+        for b in range(num_benches)
+        for j in range(num_targets)
+        for k in shots
+        for s in seeds
+    ]
+
+
+def multi_units(units: list[Unit]) -> list[Unit]:
+    """One unit per (bench, k, seed): the multi-target runs (task -1 = all targets)."""
+    return sorted(
+        {Unit(u.bench, -1, u.shots, u.seed) for u in units},
+        key=lambda u: (u.bench, u.shots, u.seed),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -309,6 +244,12 @@ class TargetGroup:
     @property
     def prompt(self) -> nn.Module:
         return self.runs[0].prompt
+
+
+def at_rms(stage: Stage, rho: float) -> Stage:
+    """``stage`` with its single prompt scaled to RMS ``rho`` (scale without content)."""
+    shared = stage.params["shared"]
+    return dataclasses.replace(stage, params={"shared": shared * rho / rms(shared)})
 
 
 def target_groups(
@@ -350,18 +291,101 @@ def target_groups(
     ]
 
 
-def at_rms(stage: Stage, rho: float) -> Stage:
-    """``stage`` with its single prompt scaled to RMS ``rho`` (scale without content)."""
-    shared = stage.params["shared"]
-    return dataclasses.replace(stage, params={"shared": shared * rho / rms(shared)})
+# -- target adaptation ------------------------------------------------------------------------
 
 
-def multi_units(units: list[Unit]) -> list[Unit]:
-    """One unit per (bench, k, seed): the multi-target runs (task -1 = all targets)."""
-    return sorted(
-        {Unit(u.bench, -1, u.shots, u.seed) for u in units},
-        key=lambda u: (u.bench, u.shots, u.seed),
-    )
+def target_data(benches, units: list[Unit], test_size: int, validation_size: int):
+    """The targets' data, every example with task id 0.
+
+    Returns:
+      ``(shots, eval_sets)``: ``shots[u]`` unit ``u``'s k-shot set ``{feature: [k, ...]}``;
+      ``eval_sets[split]`` (``"test"``, ``"validation"``) every (benchmark, target task)'s
+      examples stacked ``{feature: [B · T, N, ...]}``, row ``b · T + j`` for task ``j`` of
+      benchmark ``b``, ``N`` = ``test_size`` or ``validation_size``.
+    """
+    targets = benches[0].target_tasks
+    shots = {
+        u: encode(benches[u.bench].few_shot(targets[u.task].name, u.shots, u.seed), 0)
+        for u in units
+    }
+    eval_sets = {
+        split: stack_batches(
+            [
+                encode(bench.examples(t, split, n), 0)
+                for bench in benches
+                for t in bench.target_tasks
+            ]
+        )
+        for split, n in (("test", test_size), ("validation", validation_size))
+    }
+    return shots, eval_sets
+
+
+@dataclasses.dataclass
+class TargetRuns:
+    """One target group's runs over the rate grid, in training: run ``r`` is ``rows[r] =
+    (method, rate, unit)`` (rate-major, then method, then unit), its updates scaled by
+    ``scale[r]`` (rate / the recipe's rate); ``state`` holds params ``[R, ...]``."""
+
+    generator: nn.Module
+    multi: bool
+    group: RunGroup
+    state: Any
+    rows: list[tuple[str, float, Unit]]
+    scale: jax.Array  # [R]
+    rngs: jax.Array  # [R] dropout keys
+
+
+def start_target_runs(
+    g: TargetGroup, units: list[Unit], learning_rates: Sequence[float], seed: int
+) -> TargetRuns:
+    """``g``'s runs repeated once per rate of ``learning_rates`` (same starts), initialised."""
+    run_units = multi_units(units) if g.multi else units
+    rows = [(m, lr, u) for lr in learning_rates for m in g.methods for u in run_units]
+    group, params, _ = stages.run_group(g.runs)
+    params = jax.tree.map(lambda x: jnp.concatenate([x] * len(learning_rates)), params)
+    scale = jnp.asarray([lr / g.recipe.learning_rate for _, lr, _ in rows], jnp.float32)
+    rngs = jax.random.split(jax.random.key(seed + 1), len(rows))
+    return TargetRuns(g.prompt, g.multi, group, group.init(params), rows, scale, rngs)
+
+
+def target_batch(
+    shots: dict, u: Unit, multi: bool, step: int, *, num_targets: int, batch_size: int, seed: int
+) -> dict:
+    """Run ``u``'s batch at ``step``: ``batch_size`` rows of its k-shot set ``shots[u]``
+    (``[N, ...]``, ``N = batch_size``); a multi-target run gets every target's, ids
+    ``0 … T-1`` (``[T · N, ...]``). Every method of a (task, k, seed) draws the same rows."""
+
+    def one(u: Unit) -> dict:
+        rng = np.random.default_rng((seed, u.bench, u.task, u.shots, u.seed, step))
+        return draw(shots[u], batch_size, rng)
+
+    if not multi:
+        return one(u)
+    parts = [one(dataclasses.replace(u, task=j)) for j in range(num_targets)]
+    return concat([{**p, "task_ids": np.full_like(p["task_ids"], j)} for j, p in enumerate(parts)])
+
+
+def evaluate_targets(trained: list[TargetRuns], score, backbone, data: dict, num_targets: int):
+    """Scores every (method, rate, unit) prompt on ``data`` (an ``eval_sets`` split of
+    :func:`target_data`); a multi-target run gives one score per task.
+
+    Returns:
+      ``(keys, em [U], rc [U], rms [U])``: ``keys[i]`` the ``(method, rate, Unit)`` of
+      score ``i``, then exact match, rank classification and the prompt's RMS.
+    """
+    keys, prompts = [], []
+    for t in trained:
+        p = prompts_of(t.generator, t.state.params, num_targets if t.multi else 1)
+        for r, (m, lr, u) in enumerate(t.rows):
+            for j in range(num_targets) if t.multi else [u.task]:
+                keys.append((m, lr, dataclasses.replace(u, task=j)))
+                prompts.append(p[r, j if t.multi else 0])
+    which = np.asarray([u.bench * num_targets + u.task for _, _, u in keys])
+    prompts = jnp.stack(prompts)
+    em, rc = score(prompts, backbone, data, which)
+    norms = np.sqrt(np.mean(np.square(np.asarray(prompts)), axis=(1, 2)))
+    return keys, np.asarray(em), np.asarray(rc), norms
 
 
 def adapt_targets(
@@ -393,28 +417,9 @@ def adapt_targets(
       ``validation`` the same after the last step on the validation split; ``groups``
       :func:`target_groups`; ``runs`` the number of runs.
     """
-    targets = benches[0].target_tasks
-    units = [
-        Unit(b, j, k, s)
-        for b in range(len(benches))
-        for j in range(len(targets))
-        for k in shots
-        for s in seeds
-    ]
-    shots_data = {
-        u: encode(benches[u.bench].few_shot(targets[u.task].name, u.shots, u.seed), 0)
-        for u in units
-    }
-    eval_sets = {
-        split: stack_batches(
-            [
-                encode(bench.examples(t, split, n), 0)
-                for bench in benches
-                for t in bench.target_tasks
-            ]
-        )
-        for split, n in (("test", test_size), ("validation", validation_size))
-    }
+    num_targets = len(benches[0].target_tasks)
+    units = target_units(len(benches), num_targets, shots, seeds)
+    shots_data, eval_sets = target_data(benches, units, test_size, validation_size)
     groups = target_groups(
         config,
         backbone,
@@ -428,44 +433,11 @@ def adapt_targets(
         seed=seed,
     )
     frozen = {"backbone": backbone}
-    trained = []  # [generator, multi, group, state, rows [(method, lr, unit)], scale, rngs]
-    for g in groups:
-        run_units = multi_units(units) if g.multi else units
-        rows = [(m, lr, u) for lr in learning_rates for m in g.methods for u in run_units]
-        runs, params, _ = stages.run_group(g.runs)
-        params = jax.tree.map(lambda x: jnp.concatenate([x] * len(learning_rates)), params)
-        scale = jnp.asarray([lr / g.recipe.learning_rate for _, lr, _ in rows], jnp.float32)
-        rngs = jax.random.split(jax.random.key(seed + 1), len(rows))
-        trained.append([g.prompt, g.multi, runs, runs.init(params), rows, scale, rngs])
-
-    def unit_batch(u: Unit, step: int) -> dict:
-        rng = np.random.default_rng((seed, u.bench, u.task, u.shots, u.seed, step))
-        return draw(shots_data[u], batch_size, rng)
-
-    def batch_of(u: Unit, multi: bool, step: int) -> dict:
-        """Run ``u``'s batch; a multi-target run gets every target's, ids 0 … T-1."""
-        if not multi:
-            return unit_batch(u, step)
-        parts = [unit_batch(dataclasses.replace(u, task=j), step) for j in range(len(targets))]
-        return concat(
-            [{**p, "task_ids": np.full_like(p["task_ids"], j)} for j, p in enumerate(parts)]
-        )
-
-    def evaluate(split: str) -> tuple[list, np.ndarray, np.ndarray, np.ndarray]:
-        """Scores every (method, lr, unit) prompt; a multi-target run gives one per task."""
-        keys, prompts = [], []
-        for gen, multi, _, state, rows, _, _ in trained:
-            p = prompts_of(gen, state.params, len(targets) if multi else 1)
-            for r, (m, lr, u) in enumerate(rows):
-                for j in range(len(targets)) if multi else [u.task]:
-                    keys.append((m, lr, dataclasses.replace(u, task=j)))
-                    prompts.append(p[r, j if multi else 0])
-        which = np.asarray([u.bench * len(targets) + u.task for _, _, u in keys])
-        prompts = jnp.stack(prompts)
-        em, rc = score(prompts, backbone, eval_sets[split], which)
-        norms = np.sqrt(np.mean(np.square(np.asarray(prompts)), axis=(1, 2)))
-        return keys, np.asarray(em), np.asarray(rc), norms
-
+    batching = dict(num_targets=num_targets, batch_size=batch_size, seed=seed)
+    trained = [start_target_runs(g, units, learning_rates, seed) for g in groups]
+    evaluate = lambda split: evaluate_targets(
+        trained, score, backbone, eval_sets[split], num_targets
+    )
     eval_at = {0, target_steps} | {
         round(target_steps * p / eval_points) for p in range(1, eval_points + 1)
     }
@@ -476,58 +448,48 @@ def adapt_targets(
         if i == target_steps:
             break
         for t in trained:
-            _, multi, runs, state, rows, scale, rngs = t
-            batch = stack_batches([batch_of(u, multi, i) for _, _, u in rows])
-            t[3], _ = runs.step(state, frozen, {}, batch, rngs, scale)
-    return history, evaluate("validation"), groups, sum(len(t[4]) for t in trained)
-
-
-# -- output -----------------------------------------------------------------------------------
-
-
-def format_table(methods: dict, shots: Sequence[int]) -> str:
-    """One row per method: chosen rate, parameters, step-0 rank classification, and per k
-    the test exact match (± std over seeds) and rank classification after training."""
-    head = f"{'method':<28}{'lr':>6}{'params':>8}{'step-0 RC':>11}"
-    for k in shots:
-        head += f" | {f'{k}-shot EM':>15}{'RC':>6}"
-    lines = [head, "-" * len(head)]
-    for m, r in methods.items():
-        line = f"{m:<28}{r['learning_rate']:>6g}{r['params_per_task']:>8,d}"
-        line += f"{r['step0_rank_classification']:>11.1f}"
-        for k in shots:
-            s = r["shots"][str(k)]
-            em = f"{s['exact_match']:.1f} ± {s['exact_match_std']:.1f}"
-            line += f" | {em:>15}{s['rank_classification']:>6.1f}"
-        lines.append(line)
-    return "\n".join(lines)
-
-
-def plot_curves(curves: dict, shots: Sequence[int], path: pathlib.Path) -> None:
-    """Test exact match (solid) and rank classification (dotted) against the step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(shots), figsize=(5.5 * len(shots), 4), squeeze=False)
-    for ax, k in zip(axes[0], shots, strict=True):
-        for i, (m, by_k) in enumerate(curves.items()):
-            c = by_k[str(k)]
-            ax.plot(c["steps"], c["exact_match"], color=f"C{i}", marker="o", markersize=3, label=m)
-            ax.plot(c["steps"], c["rank_classification"], color=f"C{i}", linestyle=":")
-        ax.set_title(f"{k}-shot target adaptation (dotted: rank classification)")
-        ax.set_xlabel("training step")
-        ax.set_ylabel("test accuracy (%), mean over tasks and seeds")
-        ax.axhline(50.0, color="grey", linewidth=0.8, linestyle=":")
-        ax.grid(alpha=0.3)
-    axes[0][-1].legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+            batch = stack_batches(
+                [target_batch(shots_data, u, t.multi, i, **batching) for _, _, u in t.rows]
+            )
+            t.state, _ = t.group.step(t.state, frozen, {}, batch, t.rngs, t.scale)
+    return history, evaluate("validation"), groups, sum(len(t.rows) for t in trained)
 
 
 # -- the run ----------------------------------------------------------------------------------
+
+
+def check_settings(grids: dict[str, tuple], counts: dict[str, int]) -> None:
+    """Refuses an empty grid (``grids``: name → values, ``shots`` among them), an odd or
+    too small ``k`` and a count below 1 (``counts``: name → value), naming ``demo.main``'s
+    argument and the value."""
+    for name, values in grids.items():
+        if not values:
+            raise ValueError(f"demo.main.{name} must name at least one value.")
+    if any(k < 2 or k % 2 for k in grids["shots"]):
+        raise ValueError(f"demo.main.shots must be even numbers >= 2; got {grids['shots']}.")
+    for name, value in counts.items():
+        if value < 1:
+            raise ValueError(f"demo.main.{name} must be >= 1; got {value}.")
+
+
+def load_benchmarks(backbone: str | None, benchmark_seeds: Sequence[int]):
+    """The backbone (``assets.read_backbone``: the shipped one when None) and one
+    :class:`synthetic.EmbeddedBenchmark` per seed; the shipped backbone refuses seeds whose
+    tasks it trained on.
+
+    Returns:
+      ``(config, params, info, benches)``.
+    """
+    config, params, info = assets.read_backbone(
+        assets.EMBEDDED_BACKBONE if backbone is None else pathlib.Path(backbone)
+    )
+    held = info.get("benchmark", {}).get("held_out_seeds", [0])
+    if backbone is None and not set(benchmark_seeds) <= set(held):
+        raise ValueError(
+            f"demo.main.benchmark_seeds {benchmark_seeds}: the shipped backbone holds out the "
+            f"tasks of benchmark seeds {held} only."
+        )
+    return config, params, info, [synthetic.EmbeddedBenchmark(seed=b) for b in benchmark_seeds]
 
 
 @gin.configurable
@@ -606,51 +568,34 @@ def main(
         ) = QUICK.values()
     shots, seeds, benchmark_seeds = tuple(shots), tuple(seeds), tuple(benchmark_seeds)
     learning_rates = tuple(float(r) for r in learning_rates)
-    for name, values in (
-        ("shots", shots),
-        ("seeds", seeds),
-        ("learning_rates", learning_rates),
-        ("benchmark_seeds", benchmark_seeds),
-    ):
-        if not values:
-            raise ValueError(f"demo.main.{name} must name at least one value.")
-    if any(k < 2 or k % 2 for k in shots):
-        raise ValueError(f"demo.main.shots must be even numbers >= 2; got {shots}.")
-    for name, value in (
-        ("teacher_steps", teacher_steps),
-        ("source_steps", source_steps),
-        ("target_steps", target_steps),
-        ("eval_points", eval_points),
-    ):
-        if value < 1:
-            raise ValueError(f"demo.main.{name} must be >= 1; got {value}.")
+    check_settings(
+        dict(
+            shots=shots, seeds=seeds, learning_rates=learning_rates, benchmark_seeds=benchmark_seeds
+        ),
+        dict(
+            teacher_steps=teacher_steps,
+            source_steps=source_steps,
+            target_steps=target_steps,
+            eval_points=eval_points,
+        ),
+    )
     start, seconds = time.time(), {}
     log = print if verbose else (lambda *a, **k: None)
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    config, backbone_params, info = assets.read_backbone(
-        assets.EMBEDDED_BACKBONE if backbone is None else pathlib.Path(backbone)
-    )
-    held = info.get("benchmark", {}).get("held_out_seeds", [0])
-    if backbone is None and not set(benchmark_seeds) <= set(held):
-        raise ValueError(
-            f"demo.main.benchmark_seeds {benchmark_seeds}: the shipped backbone holds out the "
-            f"tasks of benchmark seeds {held} only."
-        )
-    benches = [synthetic.EmbeddedBenchmark(seed=b) for b in benchmark_seeds]
-    targets = benches[0].target_tasks
+    config, backbone_params, info, benches = load_benchmarks(backbone, benchmark_seeds)
     log(
         f"[demo] backbone {config.name}; {len(benches)} benchmark(s) of "
-        f"{benches[0].num_source} source and {len(targets)} target tasks; k {shots}, seeds "
-        f"{seeds}, learning rates {learning_rates}{'; quick' if quick else ''}"
+        f"{benches[0].num_source} source and {len(benches[0].target_tasks)} target tasks; k "
+        f"{shots}, seeds {seeds}, learning rates {learning_rates}{'; quick' if quick else ''}"
     )
-
-    # ---- 1-2. teachers, SPoT's prompt, MPT with and without distillation --------------------
-    t0 = time.time()
     recipe = PromptRecipe() if recipe is None else recipe
     mpt_recipe = optimizers.mpt_recipe(recipe) if mpt_recipe is None else mpt_recipe
     distillation = Distillation() if distillation is None else distillation
     teacher_recipe = recipe if teacher_recipe is None else teacher_recipe
+
+    # ---- 1-2. teachers, SPoT's prompt, MPT with and without distillation --------------------
+    t0 = time.time()
     sources = train_sources(
         backbone_params,
         config,
@@ -668,10 +613,11 @@ def main(
     )
     seconds["sources"] = time.time() - t0
     score = scorer(config, prompt_length)
-    source_report = source_accuracy(score, backbone_params, benches, sources, test_size)
+    tables = sources.task_prompts()
+    source_scores = demo_report.source_accuracy(score, backbone_params, benches, tables, test_size)
     log(
         f"[demo] source stages {seconds['sources']:.0f} s; source-task test exact match: "
-        + ", ".join(f"{m} {a:.1f}" for m, a in source_report.items())
+        + ", ".join(f"{m} {a:.1f}" for m, a in source_scores.items())
     )
 
     # ---- 3. few-shot target adaptation -------------------------------------------------------
@@ -684,11 +630,11 @@ def main(
         recipe,
         mpt_recipe,
         score,
+        prompt_length=prompt_length,
+        rank=rank,
         shots=shots,
         seeds=seeds,
         learning_rates=learning_rates,
-        prompt_length=prompt_length,
-        rank=rank,
         target_steps=target_steps,
         batch_size=target_batch_size,
         test_size=test_size,
@@ -702,41 +648,25 @@ def main(
     )
 
     # ---- results ----------------------------------------------------------------------------
-    report_methods, curves, target_rms = summarise(
-        history, validation, groups, shots, seeds, len(benches), learning_rates
-    )
-    table = format_table(report_methods, shots)
     seconds["total"] = time.time() - start
-    text = (
-        f"Held-out target tasks of the embedded benchmark (seeds {benchmark_seeds}): test "
-        f"accuracy (%) after {target_steps} steps, mean over {len(targets)} tasks x "
-        f"few-shot seeds {seeds} (± std over seeds); EM exact match, RC rank "
-        f"classification; lr picked on validation EM from {learning_rates}; chance 50%.\n"
-        f"{table}\n(source-task exact match: "
-        + ", ".join(f"{m} {a:.1f}" for m, a in source_report.items())
-        + f"; total {seconds['total']:.0f} s)"
-    )
-    log("\n" + text)
-    plot_curves(curves, shots, out / "learning_curves.png")
-    (out / "table.txt").write_text(text + "\n")
-    report = {
-        "table": text,
-        "methods": report_methods,
-        "curves": curves,
-        "source_accuracy": source_report,
-        "rms": {
+    report = demo_report.results(
+        history,
+        validation,
+        groups,
+        benches=benches,
+        benchmark_seeds=benchmark_seeds,
+        shots=shots,
+        seeds=seeds,
+        learning_rates=learning_rates,
+        target_steps=target_steps,
+        source_scores=source_scores,
+        prompt_rms={
             "token_embedding": rms(backbone_params["token_embedder"]["embedding"]),
-            "source": source_rms(sources, rank),
-            "target": target_rms,
+            "source": sources.prompt_rms(rank),
         },
-        "tasks": {
-            f"{b}/{t.name}": {"set_a": t.set_a, "set_b": t.set_b}
-            for b, bench in zip(benchmark_seeds, benches, strict=True)
-            for t in bench.tasks
-        },
-        "seconds": seconds,
-        "backbone": {k: v for k, v in info.items() if k != "history"},
-        "settings": dict(
+        seconds=seconds,
+        backbone_info=info,
+        settings=dict(
             quick=quick,
             benchmark_seeds=list(benchmark_seeds),
             seeds=list(seeds),
@@ -755,122 +685,8 @@ def main(
             validation_size=validation_size,
             target_batch_size=target_batch_size,
         ),
-    }
-    (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
-    log(f"[demo] wrote {out / 'table.txt'}, {out / 'results.json'}, {out / 'learning_curves.png'}")
-    return report
-
-
-def source_accuracy(score, backbone, benches, sources: Sources, test_size: int) -> dict:
-    """Test exact match on the source tasks of every source prompt (mean over benchmarks)."""
-    tables = {
-        "teachers": sources.teachers,
-        SPOT: np.broadcast_to(sources.spot[:, None], sources.teachers.shape),
-        MPT: mpt_task_prompts(sources.mpt),
-        MPT_NO_KD: mpt_task_prompts(sources.mpt_no_kd),
-    }
-    data = stack_batches(
-        [
-            encode(bench.examples(t, "test", test_size), 0)
-            for bench in benches
-            for t in bench.source_tasks
-        ]
     )
-    out = {}
-    for name, table in tables.items():
-        flat = jnp.asarray(table.reshape((-1,) + table.shape[2:]))  # [B · T, L, D]
-        em, _ = score(flat, backbone, data, np.arange(flat.shape[0]))
-        out[name] = float(np.mean(em))
-    return out
-
-
-def mpt_task_prompts(params: PyTree) -> np.ndarray:
-    """``P ∘ (U_k V_k)`` of every source task: ``[B, T, L, D]`` from params ``[B, ...]``."""
-    p = {k: np.asarray(v) for k, v in params.items()}
-    return p["shared"][:, None] * np.einsum("btlr,btrd->btld", p["task_cols"], p["task_rows"])
-
-
-def source_rms(sources: Sources, rank: int) -> dict:
-    """RMS of every source prompt (per benchmark), and of the target prompts they start."""
-    out = []
-    for b in range(sources.spot.shape[0]):
-        pick = lambda tree, b=b: jax.tree.map(lambda x: x[b], tree)
-        row = {"teachers": [rms(t) for t in sources.teachers[b]], SPOT: rms(sources.spot[b])}
-        for name, params in ((MPT, sources.mpt), (MPT_NO_KD, sources.mpt_no_kd)):
-            p = pick(params)
-            start = init_from_source(p, "average", num_target_tasks=1, rank=rank)
-            row[name] = {
-                "shared": rms(p["shared"]),
-                "task_prompts": [rms(t) for t in mpt_task_prompts(params)[b]],
-                "target_start": rms(
-                    start["shared"] * (start["task_cols"][0] @ start["task_rows"][0])
-                ),
-            }
-        out.append(row)
-    return out
-
-
-def summarise(history, validation, groups, shots, seeds, num_benches, learning_rates):
-    """Per method: the rate with the best validation EM, and at that rate the test scores
-    (step 0 and final, mean and std over (benchmark, seed)), curves and prompt RMS."""
-    methods = [m for g in groups for m in g.methods]
-    params_per_task = {
-        m: int(count_parameters(g.prompt).per_task) for g in groups for m in g.methods
-    }
-
-    def select(keys, values, m, lr, k=None):
-        return np.asarray(
-            [
-                v
-                for (mm, ll, u), v in zip(keys, values, strict=True)
-                if mm == m and ll == lr and (k is None or u.shots == k)
-            ]
-        )
-
-    v_keys, v_em = validation[0], validation[1]
-    report, curves, target_rms = {}, {}, {}
-    for m in methods:
-        by_lr = {lr: float(select(v_keys, v_em, m, lr).mean()) for lr in learning_rates}
-        lr = max(by_lr, key=by_lr.get)
-        (_, keys, em0, rc0, norm0), (_, _, em, rc, norm) = history[0], history[-1]
-        entry = {
-            "learning_rate": lr,
-            "validation_exact_match": {str(r): v for r, v in by_lr.items()},
-            "params_per_task": params_per_task[m],
-            "step0_exact_match": float(select(keys, em0, m, lr).mean()),
-            "step0_rank_classification": float(select(keys, rc0, m, lr).mean()),
-            "shots": {},
-        }
-        curves[m] = {}
-        for k in shots:
-            units = [u for (mm, ll, u) in keys if mm == m and ll == lr and u.shots == k]
-            e, r = select(keys, em, m, lr, k), select(keys, rc, m, lr, k)
-            groups_of = [(u.bench, u.seed) for u in units]
-            per_seed = [
-                np.mean([x for x, g in zip(e, groups_of, strict=True) if g == s])
-                for s in sorted(set(groups_of))
-            ]
-            entry["shots"][str(k)] = {
-                "exact_match": float(e.mean()),
-                "exact_match_std": float(np.std(per_seed)),
-                "rank_classification": float(r.mean()),
-                "step0_exact_match": float(select(keys, em0, m, lr, k).mean()),
-                "step0_rank_classification": float(select(keys, rc0, m, lr, k).mean()),
-                "per_task_exact_match": [
-                    float(np.mean([x for x, u in zip(e, units, strict=True) if u.task == j]))
-                    for j in sorted({u.task for u in units})
-                ],
-            }
-            curves[m][str(k)] = {
-                "steps": [h[0] for h in history],
-                "exact_match": [float(select(h[1], h[2], m, lr, k).mean()) for h in history],
-                "rank_classification": [
-                    float(select(h[1], h[3], m, lr, k).mean()) for h in history
-                ],
-            }
-        target_rms[m] = {
-            "step0": float(select(keys, norm0, m, lr).mean()),
-            "final": float(select(keys, norm, m, lr).mean()),
-        }
-        report[m] = entry
-    return report, curves, target_rms
+    log("\n" + report["table"])
+    paths = demo_report.write(out, report, shots)
+    log(f"[demo] wrote {', '.join(str(p) for p in paths)}")
+    return report
