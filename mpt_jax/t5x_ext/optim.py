@@ -378,12 +378,19 @@ def recipe_optimizer(
     ``recipe.max_grad_norm`` becomes Adafactor's ``global_norm_clip_threshold`` (the norm
     over every trained parameter, as the runner's) when there is one group.
 
-    Two things the runner does that T5X's Adafactor does not (by design; the first step
-    is the same): the runner optimises a task-axis parameter (``task_cols``,
-    ``task_prompts``, ...) row by row, so its update clipping is per task row, and a row
-    whose task is absent from a batch keeps its value and state (no weight decay, no
-    moment decay, no step count); here clipping is per parameter array and every row
-    decays every step.
+    Where T5X's Adafactor differs from the runner's optax transform by design (the first
+    step is the same, ``Δθ = -(rate · sign g + wd · θ)`` where no gradient entry is 0;
+    without a task axis every step is: ``tests/test_optimizers.py``):
+
+    - the runner optimises a task-axis parameter (``task_cols``, ``task_prompts``, ...)
+      row by row, so its update clipping is per task row, and a row whose task is absent
+      from a batch keeps its value and state (no weight decay, no moment decay, no step
+      count); here clipping is per parameter array and every row decays every step;
+    - the second-moment decay ``1 - t^-0.8`` counts T5X's global step, which a stage
+      inherits from the checkpoint it starts from (prompt tuning's T5X recipe too,
+      ``step_offset = 0``), while the runner's count starts at each stage; at a late step
+      the decay is near 1 from the start, and the update clipping keeps the step's RMS at
+      the rate.
 
     Args:
       recipe: None = the gin-bound ``PromptRecipe()``, e.g.
