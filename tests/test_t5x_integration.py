@@ -33,6 +33,7 @@ from mpt_jax.backbone import get_config  # noqa: E402
 from mpt_jax.model import PromptedT5  # noqa: E402
 from mpt_jax.t5x_ext import models, optim, partitioning, target_init  # noqa: E402
 from mpt_jax.training.objectives import Distillation  # noqa: E402
+from mpt_jax.training.optimizers import PromptRecipe  # noqa: E402
 
 CFG = get_config("tiny")
 T, L, R, D = 3, 4, 2, CFG.emb_dim
@@ -53,25 +54,15 @@ def _flat(tree) -> dict[str, np.ndarray]:
     }
 
 
-def _optimizer(**traversal) -> optim.PlaceholderMultiOptimizer:
-    return optim.PlaceholderMultiOptimizer(
-        (
-            (
-                optim.prompt_traversal(**traversal),
-                adafactor.Adafactor(
-                    decay_rate=0.8,
-                    multiply_by_parameter_scale=False,
-                    logical_factor_rules=optim.logical_factor_rules(),
-                ),
-            ),
-        )
-    )
+def _optimizer(prompt=None) -> optim.PlaceholderMultiOptimizer:
+    """The T5X runs' optimizer (runs/prompt_model.gin): the project's recipe for ``prompt``."""
+    return optim.recipe_optimizer(PromptRecipe(), prompt)
 
 
 def _t5x_model(module, cls=models.PromptedEncoderDecoderModel, **kwargs):
     vocab = seqio.PassThroughVocabulary(size=CFG.vocab_size)
     kwargs.setdefault("decode_fn", functools.partial(decoding.beam_search, alpha=0.0))
-    return cls(module, vocab, vocab, _optimizer(), **kwargs)
+    return cls(module, vocab, vocab, _optimizer(getattr(module, "prompt", None)), **kwargs)
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -269,7 +260,7 @@ def test_traversal_and_rules_cover_every_prompt_parameter(name):
             assert axis in rules and axis in factor_rules, (name, axis)
     adafactor.Adafactor(logical_factor_rules=factor_rules).set_param_axes(axes)
     # Parameters that do not train hold the placeholder state (never None: Orbax).
-    optimizer = _optimizer()
+    optimizer = _optimizer(GENERATORS[name])  # MPT: one Adafactor per rate group
     optimizer.set_param_axes(axes)  # as T5X does before init_state
     states = optimizer.init_state(variables["params"]).param_states
     flat_states = traverse_util.flatten_dict(flax.core.unfreeze(states), sep="/")
