@@ -544,7 +544,8 @@ def test_t5x_end_to_end(tmp_path):
     assert "Distillation.weight = 0.5" in (tmp_path / "source" / "config.gin").read_text()
     assert list((tmp_path / "infer").glob("*-predict.jsonl-*-of-*"))  # T5X's shard names
     # The target's one step from its init (the source's step 6): Δθ = -(lr · sign g + wd θ)
-    # with each part's rate (P at 0.3, the factors at 0.03), as the runner's recipe.
+    # with each part's rate (P at 0.3, the factors at 0.03), as the runner's recipe (no
+    # dropout there: a prompt entry that dropout zeroes in every example gets no gradient).
     recipe = mpt_recipe()
     first = params("target/checkpoint_7", "prompt")
     for part in ("shared", "task_cols", "task_rows"):

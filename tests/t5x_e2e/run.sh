@@ -59,7 +59,7 @@ TARGET=("${COMMON[@]}" "${NOEVAL[@]}" --gin_file=models/mpt.gin "${TINY[@]}"
         --gin.MIXTURE_OR_TASK_NAME="'mpt_embedded_target_0_32shot'" --gin.NUM_TASKS=1
         --gin.SOURCE_CHECKPOINT="'$WORK/source/checkpoint_6'"
         --gin.SOURCE_PROMPT_DIR="'$WORK/source/prompt_npy'" --gin.TARGET_INIT="'average'"
-        --gin.MODEL_DIR="'$WORK/target'")
+        --gin.DROPOUT_RATE=0.0 --gin.MODEL_DIR="'$WORK/target'")  # no dropout: an exact first step
 train target "${TARGET[@]}" --gin.TRAIN_STEPS=7
 train target_resumed "${TARGET[@]}" --gin.TRAIN_STEPS=8
 
