@@ -409,23 +409,64 @@ def test_restore_rules_take_the_backbone_and_no_prompt_from_the_checkpoint():
         assert key not in out  # left to fallback_to_scratch: initialisers, fresh states
 
 
-def test_prompt_model_binds_the_placeholder_optimizer_with_prompt_tunings_adafactor():
+#: T5X's learning-rate schedule as t5x.train gets it (gin's, not the bare function).
+SCHEDULER = "capture.value = @utils.create_learning_rate_scheduler()"
+
+
+@pytest.mark.parametrize(
+    "model, run",
+    [("models/teachers.gin", "runs/teacher.gin"), ("models/mpt.gin", "runs/source.gin"),
+     ("models/mpt.gin", "runs/target.gin")],
+)  # fmt: skip
+def test_t5x_runs_train_prompts_with_the_runners_recipe(model, run, exported):
+    """The optimizer and base rate the T5X run files build are the runner's recipe:
+    Adafactor's hyper-parameters from ``PromptRecipe().optimizer``, the scheduler's rate
+    ``PromptRecipe().learning_rate``, and each parameter's effective rate (scheduler rate
+    times its group's multiplier) ``recipe.rate(path)``, the recipe being the runner's for
+    that prompt (``prompt_recipe``: an MPT prompt's factors at ``mpt_recipe``'s rates)."""
     paths = _t5x_search_paths()
     from t5x import adafactor
 
     from mpt_jax.t5x_ext import optim
+    from mpt_jax.training.optimizers import PromptRecipe, mpt_recipe
 
-    with as_main("t5x.train"):
-        optimizer = build("OPTIMIZER", _stack("runs/teacher.gin"), RUN_BINDINGS, paths)
+    stack = [model, "models/sizes/tiny.gin", run, "runs/embedded.gin"]
+    bindings = [*RUN_BINDINGS, *exported["bindings"], SCHEDULER]
+    with as_main("t5x.train"), parsed(stack, bindings, paths):
+        base = float(_capture()(0))  # the rate of T5X's first step
+        optimizer = _capture_macro("OPTIMIZER")
+    recipe = mpt_recipe(PromptRecipe()) if model == "models/mpt.gin" else PromptRecipe()
+    assert base == pytest.approx(PromptRecipe().learning_rate)  # float32
     assert isinstance(optimizer, optim.PlaceholderMultiOptimizer)
-    ((traversal, sub),) = zip(optimizer.traversals, optimizer.sub_optimizers, strict=True)
-    assert isinstance(sub, adafactor.Adafactor)
-    hp = sub.hyper_params
-    assert (hp.factored, hp.decay_rate, hp.multiply_by_parameter_scale) == (False, 0.8, False)
-    assert (hp.weight_decay_rate, hp.clipping_threshold) == (1e-5, 1.0)
-    assert optim.matched_paths({"prompt": {"shared": 0}, "encoder": {"w": 0}}, traversal) == [
-        "prompt/shared"
-    ]
+    ada = recipe.optimizer
+    for sub in optimizer.sub_optimizers:
+        assert isinstance(sub, adafactor.Adafactor)
+        hp = sub.hyper_params
+        assert (hp.decay_rate, hp.step_offset, hp.weight_decay_rate, hp.clipping_threshold) == (
+            ada.decay_rate, 0, ada.weight_decay, ada.clipping_threshold
+        )  # fmt: skip
+        assert (hp.factored, hp.multiply_by_parameter_scale) == (
+            ada.factored, ada.multiply_by_parameter_scale
+        )  # fmt: skip
+        assert hp.beta1 is None and hp.global_norm_clip_threshold is None
+    names = ("task_prompts",) if model == "models/teachers.gin" else (
+        "shared", "task_cols", "task_rows"
+    )  # fmt: skip
+    tree = {"prompt": {n: 0 for n in names}, "encoder": {"w": 0}}
+    rates = {}
+    for traversal, sub in zip(optimizer.traversals, optimizer.sub_optimizers, strict=True):
+        for path in optim.matched_paths(tree, traversal):
+            assert path not in rates, f"{path} is in two groups"
+            rates[path] = base * sub.learning_rate_multiplier
+    assert rates == {f"prompt/{n}": pytest.approx(recipe.rate(n)) for n in names}
+    if model == "models/mpt.gin":  # the factors at the lower rate, P at the recipe's
+        assert rates["prompt/task_cols"] < rates["prompt/shared"]
+
+
+def test_a_flag_rebinding_the_optimizer_wins():
+    paths = _t5x_search_paths()
+    from t5x import adafactor
+
     # A flag rebinding OPTIMIZER wins (flags are parsed after every --gin_file).
     with (
         as_main("t5x.train"),
@@ -434,6 +475,18 @@ def test_prompt_model_binds_the_placeholder_optimizer_with_prompt_tunings_adafac
         ),
     ):
         assert type(_capture_macro("OPTIMIZER")) is adafactor.Adafactor
+
+
+def test_t5x_runs_take_the_recipe_as_the_runner_binds_it():
+    paths = _t5x_search_paths()
+    bindings = [*RUN_BINDINGS, "PromptRecipe.learning_rate = 0.1",
+                "mpt_recipe.factor_rates = {'task_cols': 0.05, 'task_rows': 0.05}"]  # fmt: skip
+    with as_main("t5x.train"), parsed(_stack("runs/teacher.gin"), [*bindings, SCHEDULER], paths):
+        base = float(_capture()(0))
+        optimizer = _capture_macro("OPTIMIZER")
+    assert base == pytest.approx(0.1)
+    multipliers = sorted(sub.learning_rate_multiplier for sub in optimizer.sub_optimizers)
+    assert multipliers == pytest.approx([0.5, 0.5, 1.0])
 
 
 def _capture_macro(macro: str):

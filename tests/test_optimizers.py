@@ -54,29 +54,68 @@ def gin_bindings(path: str) -> dict[str, object]:
     return out
 
 
+#: Prompt tuning's recipe as google-research/prompt-tuning binds it for T5X
+#: (configs/models/t5_1_1_prompt.gin, configs/runs/prompt_finetune.gin); checked against
+#: those files themselves where prompt_tuning is installed.
+PROMPT_TUNING = {
+    "adafactor.Adafactor.decay_rate": 0.8,
+    "adafactor.Adafactor.step_offset": 0,
+    "adafactor.Adafactor.multiply_by_parameter_scale": False,
+    "adafactor.Adafactor.weight_decay_rate": 0.00001,
+    "utils.create_learning_rate_scheduler.factors": "constant",
+    "utils.create_learning_rate_scheduler.base_learning_rate": 0.3,
+}
+
+
 def test_recipe_equals_prompt_tunings_t5x_gin():
-    """The recipe's defaults are what configs/runs/*.gin bind for T5X (prompt tuning's
-    configs/models/t5_1_1_prompt.gin): Adafactor, constant lr 0.3, decay 0.8, weight decay
-    1e-5, no parameter scaling, no factoring, update clipping 1 (T5X's default, unbound);
-    and the T5X source run restates no λ, τ, hidden states (they are :class:`Distillation`'s)."""
-    model = gin_bindings(os.path.join(CONFIGS, "runs", "prompt_model.gin"))
-    finetune = gin_bindings(os.path.join(CONFIGS, "runs", "prompt_finetune.gin"))
+    """The recipe's defaults are prompt tuning's (Adafactor, constant lr 0.3, decay 0.8,
+    weight decay 1e-5, no parameter scaling, update clipping 1 and no momentum: T5X's
+    defaults, unbound there)."""
     recipe, ada = PromptRecipe(), Adafactor()
     assert recipe.optimizer == ada and not recipe.learning_rates and recipe.schedule is None
-    assert model["adafactor.Adafactor.decay_rate"] == ada.decay_rate
-    assert model["adafactor.Adafactor.weight_decay_rate"] == ada.weight_decay
-    assert model["adafactor.Adafactor.multiply_by_parameter_scale"] is False
-    assert ada.multiply_by_parameter_scale is False
-    assert model["adafactor.Adafactor.factored"] == ada.factored
-    assert model.get("adafactor.Adafactor.step_offset", 0) == 0  # optax's decay_offset
-    assert model.get("adafactor.Adafactor.clipping_threshold", 1.0) == ada.clipping_threshold
-    assert model.get("adafactor.Adafactor.beta1") is None  # no momentum, as optax's default
-    assert finetune["utils.create_learning_rate_scheduler.factors"] == "constant"
-    assert finetune["utils.create_learning_rate_scheduler.base_learning_rate"] == (
-        recipe.learning_rate
-    )
-    # The T5X source run takes λ, τ, hidden states from Distillation itself (restates none).
-    source = gin_bindings(os.path.join(CONFIGS, "runs", "source.gin"))
+    ours = {
+        "adafactor.Adafactor.decay_rate": ada.decay_rate,
+        "adafactor.Adafactor.step_offset": 0,  # optax's decay_offset
+        "adafactor.Adafactor.multiply_by_parameter_scale": ada.multiply_by_parameter_scale,
+        "adafactor.Adafactor.weight_decay_rate": ada.weight_decay,
+        "utils.create_learning_rate_scheduler.factors": "constant",
+        "utils.create_learning_rate_scheduler.base_learning_rate": recipe.learning_rate,
+    }
+    assert ours == PROMPT_TUNING
+    assert ada.clipping_threshold == 1.0 and not ada.factored
+    try:
+        import prompt_tuning
+    except ImportError:
+        return
+    pt = os.path.join(os.path.dirname(prompt_tuning.__file__), "configs")
+    theirs = {
+        **gin_bindings(os.path.join(pt, "models", "t5_1_1_prompt.gin")),
+        **gin_bindings(os.path.join(pt, "runs", "prompt_finetune.gin")),
+    }
+    assert {k: theirs[k] for k in PROMPT_TUNING} == PROMPT_TUNING
+
+
+def test_t5x_gin_files_restate_no_recipe_value():
+    """configs/runs/*.gin take the optimizer and the base rate from the recipe
+    (optim.recipe_optimizer, optim.recipe_learning_rate; tests/test_gin_configs.py builds
+    them), and the T5X source run restates no λ, τ, hidden states (Distillation's)."""
+    runs = os.path.join(CONFIGS, "runs")
+    for name in sorted(os.listdir(runs)):
+        keys = gin_bindings(os.path.join(runs, name))
+        restated = [
+            k for k in keys
+            if re.search(r"Adafactor|base_learning_rate|factor_rates", k)
+            and not k.endswith("logical_factor_rules")  # which axes factor, not the recipe
+        ]  # fmt: skip
+        if name == "prompt_finetune.gin":
+            assert keys.pop("utils.create_learning_rate_scheduler.base_learning_rate") == (
+                "@optim.recipe_learning_rate()"
+            )
+            restated.remove("utils.create_learning_rate_scheduler.base_learning_rate")
+        assert not restated, f"runs/{name} restates {restated}"
+    model = gin_bindings(os.path.join(runs, "prompt_model.gin"))
+    assert model["OPTIMIZER"] == "@optim.recipe_optimizer()"
+    source = gin_bindings(os.path.join(runs, "source.gin"))
     pattern = re.compile(r"distill_weight|temperature|hidden_states", re.IGNORECASE)
     restated = [k for k in source if pattern.search(k)]
     assert not restated, f"runs/source.gin restates {restated}"
@@ -244,3 +283,98 @@ def test_mpt_recipe_adds_the_factor_rates_unless_the_recipe_names_them():
     named = PromptRecipe(learning_rates={"task_rows": 0.2})
     assert dict(mpt_recipe(named).learning_rates) == {"task_cols": 0.03, "task_rows": 0.2}
     assert mpt_recipe(plain, factor_rates={}) == plain
+
+
+def test_prompt_recipe_gives_an_mpt_prompt_the_factor_rates():
+    from mpt_jax.training.optimizers import mpt_recipe, prompt_recipe
+
+    recipe = PromptRecipe(learning_rate=0.1)
+    mpt = MultitaskPrompt(num_tasks=2, length=L, embed_dim=D)
+    assert prompt_recipe(mpt, recipe) == mpt_recipe(recipe)
+    assert prompt_recipe(TaskPrompts(num_tasks=2, length=L, embed_dim=D), recipe) == recipe
+    assert prompt_recipe(None) == PromptRecipe()
+
+
+# --- the recipe on T5X (mpt_jax.t5x_ext.optim.recipe_optimizer; skipped without T5X) ---
+
+
+def _t5x_step(opt_def, params, grads, steps, base):
+    """``steps`` T5X updates as its train step makes them (``learning_rate=`` the scheduler's)."""
+
+    @jax.jit
+    def step(params, state, lr):
+        hyper = opt_def.update_hyper_params(learning_rate=lr)
+        return opt_def.apply_gradient(hyper, params, state, grads)
+
+    state = opt_def.init_state(params)
+    for _ in range(steps):
+        params, state = step(params, state, base)
+    return params
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_t5x_recipe_optimizer_steps_as_the_recipe(steps):
+    """T5X's optimizer from the recipe moves each prompt parameter as ``PromptRecipe.build``
+    does: every step equal without a task axis; with the task axis (row by row, as the
+    runner trains MPT) the first step (per-row and per-array update clipping differ
+    later). The factors move at their lower rate, the backbone not at all."""
+    pytest.importorskip("t5x.adafactor", reason="T5X is not installed (not on PyPI)")
+    from mpt_jax.t5x_ext import optim
+    from mpt_jax.training.optimizers import mpt_recipe
+
+    rng = np.random.default_rng(3)
+    prompt, prompt_grads = _mpt_tree(rng), _mpt_tree(rng)
+    params = {"prompt": prompt, "encoder": {"w": jnp.ones((D, D))}}
+    grads = {"prompt": prompt_grads, "encoder": {"w": jnp.ones((D, D))}}
+    recipe = mpt_recipe(PromptRecipe())
+    opt_def = optim.recipe_optimizer(recipe)
+    base = optim.recipe_learning_rate(recipe)
+    got = _t5x_step(opt_def, params, grads, steps, base)
+    np.testing.assert_array_equal(got["encoder"]["w"], params["encoder"]["w"])
+    task_axes = [()] + ([("task_cols", "task_rows")] if steps == 1 else [])
+    for task_axis in task_axes:
+        tx = recipe.build(task_axis)
+        want, state = prompt, tx.init(prompt)
+        for _ in range(steps):
+            updates, state = tx.update(prompt_grads, state, want)
+            want = optax.apply_updates(want, updates)
+        for name in prompt:
+            np.testing.assert_allclose(
+                got["prompt"][name], want[name], rtol=1e-5, atol=1e-6, err_msg=name
+            )
+    if steps == 1:  # Δθ = -(lr · sign g + wd · θ): the factors at 0.03, P at 0.3
+        for name, lr in (("shared", 0.3), ("task_cols", 0.03), ("task_rows", 0.03)):
+            theta, g = np.asarray(prompt[name], np.float64), np.asarray(prompt_grads[name])
+            want = theta - (lr * np.sign(g) + 1e-5 * theta)
+            np.testing.assert_allclose(got["prompt"][name], want, rtol=1e-5, atol=1e-6)
+
+
+def test_t5x_recipe_optimizer_refuses_what_t5x_cannot_honour():
+    pytest.importorskip("t5x.adafactor", reason="T5X is not installed (not on PyPI)")
+    from mpt_jax.t5x_ext import optim
+    from mpt_jax.training.optimizers import learning_rate_schedule, mpt_recipe
+
+    refused = {
+        "PromptRecipe.optimizer = AdamW": PromptRecipe(optimizer=AdamW(), learning_rate=1e-3),
+        "Adafactor.factored = True": PromptRecipe(optimizer=Adafactor(factored=True)),
+        "PromptRecipe.schedule": PromptRecipe(schedule=learning_rate_schedule),
+        "PromptRecipe.max_grad_norm = 1.0 with learning_rates": mpt_recipe(
+            PromptRecipe(max_grad_norm=1.0)
+        ),
+    }
+    for option, recipe in refused.items():
+        with pytest.raises(ValueError, match=re.escape(f"cannot honour {option}")):
+            optim.recipe_optimizer(recipe)
+    with pytest.raises(ValueError, match="cannot honour PromptRecipe.schedule"):
+        optim.recipe_learning_rate(PromptRecipe(schedule=learning_rate_schedule))
+    # One group: the global norm over every trained parameter, as the runner clips it.
+    (sub,) = optim.recipe_optimizer(PromptRecipe(max_grad_norm=2.0)).sub_optimizers
+    assert sub.hyper_params.global_norm_clip_threshold == 2.0
+    # A rate for a name no prompt parameter has is an error, as in the runner; a group
+    # that is frozen is not.
+    params = {"prompt": _mpt_tree(np.random.default_rng(0)), "encoder": {"w": jnp.ones(2)}}
+    with pytest.raises(ValueError, match=r"task_colz.*prompt/shared"):
+        optim.recipe_optimizer(PromptRecipe(learning_rates={"task_colz": 0.1})).init_state(params)
+    frozen = optim.prompt_traversal(frozen=("shared",))
+    state = optim.recipe_optimizer(mpt_recipe(PromptRecipe()), traversal=frozen).init_state(params)
+    assert state.param_states["prompt"]["shared"] is optim.PLACEHOLDER

@@ -33,6 +33,7 @@ from mpt_jax.backbone import get_config  # noqa: E402
 from mpt_jax.model import PromptedT5  # noqa: E402
 from mpt_jax.t5x_ext import models, optim, partitioning, target_init  # noqa: E402
 from mpt_jax.training.objectives import Distillation  # noqa: E402
+from mpt_jax.training.optimizers import PromptRecipe  # noqa: E402
 
 CFG = get_config("tiny")
 T, L, R, D = 3, 4, 2, CFG.emb_dim
@@ -53,25 +54,15 @@ def _flat(tree) -> dict[str, np.ndarray]:
     }
 
 
-def _optimizer(**traversal) -> optim.PlaceholderMultiOptimizer:
-    return optim.PlaceholderMultiOptimizer(
-        (
-            (
-                optim.prompt_traversal(**traversal),
-                adafactor.Adafactor(
-                    decay_rate=0.8,
-                    multiply_by_parameter_scale=False,
-                    logical_factor_rules=optim.logical_factor_rules(),
-                ),
-            ),
-        )
-    )
+def _optimizer(prompt=None) -> optim.PlaceholderMultiOptimizer:
+    """The T5X runs' optimizer (runs/prompt_model.gin): the project's recipe for ``prompt``."""
+    return optim.recipe_optimizer(PromptRecipe(), prompt)
 
 
 def _t5x_model(module, cls=models.PromptedEncoderDecoderModel, **kwargs):
     vocab = seqio.PassThroughVocabulary(size=CFG.vocab_size)
     kwargs.setdefault("decode_fn", functools.partial(decoding.beam_search, alpha=0.0))
-    return cls(module, vocab, vocab, _optimizer(), **kwargs)
+    return cls(module, vocab, vocab, _optimizer(getattr(module, "prompt", None)), **kwargs)
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -269,7 +260,7 @@ def test_traversal_and_rules_cover_every_prompt_parameter(name):
             assert axis in rules and axis in factor_rules, (name, axis)
     adafactor.Adafactor(logical_factor_rules=factor_rules).set_param_axes(axes)
     # Parameters that do not train hold the placeholder state (never None: Orbax).
-    optimizer = _optimizer()
+    optimizer = _optimizer(GENERATORS[name])  # MPT: one Adafactor per rate group
     optimizer.set_param_axes(axes)  # as T5X does before init_state
     states = optimizer.init_state(variables["params"]).param_states
     flat_states = traverse_util.flatten_dict(flax.core.unfreeze(states), sep="/")
@@ -517,10 +508,14 @@ def _compare_flaxformer(ff, flaxformer_encoder, setup):
 
 
 def test_t5x_end_to_end(tmp_path):
-    """tests/t5x_e2e/run.sh on stock T5X: every stage runs, stopped runs resume from their
-    last checkpoint, and only prompt parameters ever change."""
+    """tests/t5x_e2e/run.sh on stock T5X: every stage runs (teachers → export → source with
+    distillation → target → the target resumed → eval → infer; a hierarchical prompt on
+    Flaxformer), only prompt parameters ever change, the target's first step moves each
+    part of the MPT prompt at its recipe rate, and the resumed run trains on from the
+    checkpoint it stopped at."""
     pytest.importorskip("flaxformer", reason="Flaxformer is not installed")
     from mpt_jax.t5x_ext.export import read_params
+    from mpt_jax.training.optimizers import mpt_recipe
 
     script = os.path.join(os.path.dirname(__file__), "t5x_e2e", "run.sh")
     env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
@@ -529,33 +524,36 @@ def test_t5x_end_to_end(tmp_path):
     def params(ckpt, scope=""):
         return _flat(read_params(str(tmp_path / ckpt), scope))
 
-    backbone = params("backbone/checkpoint_20")
-    target = params("target/checkpoint_120")
-    for name, value in backbone.items():
-        np.testing.assert_array_equal(target[name], value, err_msg=name)
+    backbone = params("backbone/checkpoint_2")
+    for ckpt in ("target/checkpoint_8", "hierarchical/checkpoint_4"):
+        trained = params(ckpt)
+        for name, value in backbone.items():
+            np.testing.assert_array_equal(trained[name], value, err_msg=f"{ckpt}: {name}")
+    target = params("target/checkpoint_8")
     assert set(target) - set(backbone) == {"prompt/shared", "prompt/task_cols", "prompt/task_rows"}
-    teachers = read_params(str(tmp_path / "teacher" / "checkpoint_60"), "prompt")
-    distilled = read_params(str(tmp_path / "source" / "checkpoint_100"), "teacher_prompt")
+    hierarchical = params("hierarchical/checkpoint_4")
+    assert set(hierarchical) - set(backbone) == {
+        f"encoder/prompt/{k}"
+        for k in ("shared", "group_cols", "group_rows", "task_cols", "task_rows")
+    }
+    teachers = read_params(str(tmp_path / "teacher" / "checkpoint_4"), "prompt")
+    distilled = read_params(str(tmp_path / "source" / "checkpoint_6"), "teacher_prompt")
     np.testing.assert_array_equal(teachers["task_prompts"], distilled["task_prompts"])
     assert (tmp_path / "source" / "peft" / "adapter_model.safetensors").exists()
     # λ reached the source run through the runner's recipe binding (run.sh sets 0.5).
     assert "Distillation.weight = 0.5" in (tmp_path / "source" / "config.gin").read_text()
     assert list((tmp_path / "infer").glob("*-predict.jsonl-*-of-*"))  # T5X's shard names
-    # Each resumed run started from its own last checkpoint and trained on from there.
-    for stage, stopped, done in (("teacher", 40, 60), ("source", 80, 100),
-                                 ("hierarchical", 40, 60)):  # fmt: skip
-        log = (tmp_path / f"{stage}_resumed.log").read_text()
-        assert f"{stage}/checkpoint_{stopped}" in log, stage
-        scope = "encoder/prompt" if stage == "hierarchical" else "prompt"
-        a, b = (
-            params(f"{stage}/checkpoint_{stopped}", scope),
-            params(f"{stage}/checkpoint_{done}", scope),
-        )
-        assert any(not np.array_equal(a[k], b[k]) for k in a), stage
-    hierarchical = params("hierarchical/checkpoint_60")
-    assert {k for k in hierarchical if k.startswith("encoder/prompt/")} == {
-        f"encoder/prompt/{k}"
-        for k in ("shared", "group_cols", "group_rows", "task_cols", "task_rows")
-    }
-    for name, value in backbone.items():
-        np.testing.assert_array_equal(hierarchical[name], value, err_msg=name)
+    # The target's one step from its init (the source's step 6): Δθ = -(lr · sign g + wd θ)
+    # with each part's rate (P at 0.3, the factors at 0.03), as the runner's recipe (no
+    # dropout there: a prompt entry that dropout zeroes in every example gets no gradient).
+    recipe = mpt_recipe()
+    first = params("target/checkpoint_7", "prompt")
+    for part in ("shared", "task_cols", "task_rows"):
+        init = target_init.from_source_prompt(str(tmp_path / "source" / "prompt_npy"), part)
+        theta = np.asarray(init(jax.random.PRNGKey(0), first[part].shape), np.float64)
+        step = np.abs(first[part] - theta)
+        np.testing.assert_allclose(step, recipe.rate(part), atol=1e-4, err_msg=part)
+    # The resumed run restored the checkpoint it stopped at and trained on from there.
+    assert "target/checkpoint_7" in (tmp_path / "target_resumed.log").read_text()
+    resumed = params("target/checkpoint_8", "prompt")
+    assert all(not np.array_equal(first[k], resumed[k]) for k in first)

@@ -21,7 +21,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import seqio  # noqa: E402
 from flax import traverse_util  # noqa: E402
-from t5x import adafactor, optimizers, partitioning, utils  # noqa: E402
+from t5x import optimizers, partitioning, utils  # noqa: E402
 
 from mpt_jax import prompts  # noqa: E402
 from mpt_jax.backbone import get_config  # noqa: E402
@@ -45,18 +45,15 @@ CHECKS = (optim.check_optimizer_states,)
 
 
 def _model(optimizer_cls) -> models.PromptedEncoderDecoderModel:
-    adafactor_def = adafactor.Adafactor(
-        factored=False,
-        decay_rate=0.8,
-        multiply_by_parameter_scale=False,
-        logical_factor_rules=optim.logical_factor_rules(),
-    )
+    """A tiny MPT model whose optimizer is ``optimizer_cls`` over the T5X runs' pairs
+    (``optim.recipe_optimizer``: one Adafactor per rate group of the project's recipe)."""
     module = PromptedT5(
         config=CFG,
         prompt=prompts.MultitaskPrompt(num_tasks=2, length=3, embed_dim=CFG.emb_dim),
     )
     vocab = seqio.PassThroughVocabulary(size=CFG.vocab_size)
-    opt = optimizer_cls(((optim.prompt_traversal(), adafactor_def),))
+    recipe = optim.recipe_optimizer(prompt=module.prompt)
+    opt = optimizer_cls(tuple(zip(recipe.traversals, recipe.sub_optimizers, strict=True)))
     return models.PromptedEncoderDecoderModel(module, vocab, vocab, opt)
 
 

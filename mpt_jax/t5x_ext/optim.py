@@ -21,25 +21,35 @@ one number per frozen parameter array, written and restored like any other state
 :func:`check_optimizer_states` refuses a checkpoint written with ``None`` states and
 says what to do with it (:data:`OLD_CHECKPOINT_ADVICE`).
 
-gin (see ``configs/runs/prompt_model.gin``)::
+How the prompt trains is the project's one recipe,
+:class:`mpt_jax.training.optimizers.PromptRecipe` (prompt tuning's Adafactor, learning
+rates by parameter name), which the runner trains with too: :func:`recipe_optimizer`
+builds the T5X optimizer from it, one ``(traversal, ScaledAdafactor)`` pair per
+learning-rate group, each T5X Adafactor with the recipe's hyper-parameters and a
+multiplier of the scheduler's base rate, :func:`recipe_learning_rate`. An MPT prompt's task
+factors train at ``mpt_recipe``'s rates, as in the runner. A recipe option T5X cannot
+honour is an error that names it. gin (see ``configs/runs/prompt_model.gin`` and
+``prompt_finetune.gin``)::
 
-    from t5x import adafactor
     from mpt_jax.t5x_ext import optim
 
-    OPTIMIZER = @optim.PlaceholderMultiOptimizer()
-    optim.PlaceholderMultiOptimizer.traversals_and_optimizers = (
-        (@optim.prompt_traversal(), @adafactor.Adafactor()),)
-    adafactor.Adafactor.logical_factor_rules = @optim.logical_factor_rules()
+    OPTIMIZER = @optim.recipe_optimizer()
+    optim.recipe_optimizer.prompt = %PROMPT
+    utils.create_learning_rate_scheduler.base_learning_rate = @optim.recipe_learning_rate()
     # which parameters train is one binding:
     optim.prompt_traversal.frozen = ("shared",)        # e.g. freeze P in target adaptation
+    # the recipe binds as in the runner:
+    PromptRecipe.learning_rate = 0.1
 
-Another optimizer goes in as a flag, ``--gin.OPTIMIZER=...``: runs/prompt_model.gin
-binds ``OPTIMIZER`` after every ``--gin_file`` it is stacked with.
+Another optimizer goes in as a flag, ``--gin.OPTIMIZER=...`` (e.g.
+``@adafactor.Adafactor()``): runs/prompt_model.gin binds ``OPTIMIZER`` after every
+``--gin_file`` it is stacked with.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import functools
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import flax
@@ -49,16 +59,69 @@ from flax import traverse_util
 from t5x import adafactor, optimizers
 
 from mpt_jax.t5x_ext.partitioning import PROMPT_AXES
+from mpt_jax.training import optimizers as recipes
+from mpt_jax.training.optimizers import PromptRecipe, prompt_recipe
 
 
 def _components(path: str) -> list[str]:
     return [c for c in path.split("/") if c]
 
 
+class PromptTraversal(traverse_util.ModelParamTraversal):
+    """The parameters under a prompt scope, less the frozen ones (see :func:`prompt_traversal`).
+
+    A path matches when one of its components equals a name in ``scopes`` and none equals
+    a name in ``frozen``; with ``where``, also only when ``where(relative path)`` holds,
+    the relative path being the components after the first scope component (``"shared"``,
+    ``"sub/task_rows"``: the paths :meth:`PromptRecipe.rate` takes).
+
+    Attributes:
+      scopes, frozen: as for :func:`prompt_traversal` (tuples).
+      where: a predicate of the relative path, or None (every prompt parameter).
+      group: what ``where`` selects, for messages (:func:`recipe_optimizer`: the
+        ``PromptRecipe.learning_rates`` name, or ``""`` for the rest); a traversal with a
+        ``group`` that matches no parameter is an error when the optimizer is initialised.
+    """
+
+    def __init__(
+        self,
+        scopes: Sequence[str] = ("prompt",),
+        frozen: Sequence[str] = (),
+        where: Callable[[str], bool] | None = None,
+        group: str | None = None,
+    ):
+        self.scopes, self.frozen = tuple(scopes), tuple(frozen)
+        if not self.scopes:
+            raise ValueError("prompt_traversal needs at least one scope name, e.g. ('prompt',).")
+        for name in self.scopes + self.frozen:
+            if not name or "/" in name:
+                raise ValueError(f"scope/frozen names are single path components; got {name!r}.")
+        self.where, self.group = where, group
+        super().__init__(self._matches)
+
+    def relative(self, path: str) -> str | None:
+        """``path`` below its first scope component (None: not under a prompt scope)."""
+        parts = _components(path)
+        for i, part in enumerate(parts):
+            if part in self.scopes:
+                return "/".join(parts[i + 1 :])
+        return None
+
+    def _matches(self, path: str, _value: Any) -> bool:
+        relative = self.relative(path)
+        if relative is None or any(p in self.frozen for p in _components(path)):
+            return False
+        return self.where is None or self.where(relative)
+
+    def restrict(self, where: Callable[[str], bool], group: str) -> PromptTraversal:
+        """This traversal, further restricted to relative paths where ``where`` holds."""
+        return PromptTraversal(self.scopes, self.frozen, where, group)
+
+
 @gin.configurable(module="mpt_jax.t5x_ext.optim")
 def prompt_traversal(
     scopes: Sequence[str] = ("prompt",), frozen: Sequence[str] = ()
-) -> traverse_util.ModelParamTraversal:
+) -> PromptTraversal:
     """A parameter traversal matching every parameter under a prompt scope.
 
     Args:
@@ -69,20 +132,10 @@ def prompt_traversal(
         keep ATTEMPT's source pool fixed. Matched by component equality as well.
 
     Returns:
-      A ``flax.traverse_util.ModelParamTraversal`` for ``optimizers.MultiOptimizer``.
+      A :class:`PromptTraversal` (a ``flax.traverse_util.ModelParamTraversal``) for
+      ``optimizers.MultiOptimizer``.
     """
-    scopes, frozen = tuple(scopes), tuple(frozen)
-    if not scopes:
-        raise ValueError("prompt_traversal needs at least one scope name, e.g. ('prompt',).")
-    for name in scopes + frozen:
-        if not name or "/" in name:
-            raise ValueError(f"scope/frozen names are single path components; got {name!r}.")
-
-    def is_trainable(path: str, _value: Any) -> bool:
-        parts = _components(path)
-        return any(p in scopes for p in parts) and not any(p in frozen for p in parts)
-
-    return traverse_util.ModelParamTraversal(is_trainable)
+    return PromptTraversal(scopes, frozen)
 
 
 def matched_paths(
@@ -142,6 +195,17 @@ class PlaceholderMultiOptimizer(optimizers.MultiOptimizer):
     """
 
     def init_state(self, params):
+        unknown = [
+            t.group for t in self.traversals
+            if getattr(t, "group", None)  # a learning_rates name ("" is the rest)
+            and not matched_paths(params, PromptTraversal(t.scopes, (), t.where))
+        ]  # fmt: skip
+        if unknown:
+            every = matched_paths(params, PromptTraversal(self.traversals[0].scopes))
+            raise ValueError(
+                f"PromptRecipe.learning_rates names {unknown}, but no prompt parameter has "
+                f"that name or path; the prompt's parameters are {every}"
+            )
         state = super().init_state(params)
         return state.replace(param_states=with_placeholders(params, state.param_states))
 
@@ -224,3 +288,160 @@ def logical_factor_rules(extra_unfactored: Iterable[str] = ()) -> Mapping[str, A
     for name in tuple(PROMPT_AXES) + tuple(extra_unfactored):
         rules[name] = adafactor.FactorDim.NONE
     return rules
+
+
+# -- the recipe: mpt_jax.training.optimizers.PromptRecipe as a T5X optimizer ------------
+
+
+class ScaledAdafactor(adafactor.Adafactor):
+    """T5X's ``Adafactor`` at ``learning_rate_multiplier`` times the rate T5X passes it.
+
+    T5X passes one learning rate, the scheduler's, to every sub-optimizer of a
+    ``MultiOptimizer`` (``Optimizer.apply_gradient(grads, learning_rate=...)`` replaces
+    ``learning_rate`` in each one's hyper-parameters); a parameter group with its own rate
+    multiplies it here, so the rate of the group is ``multiplier · scheduler rate`` at
+    every step (under a warm-up or decay too). Everything else is T5X's Adafactor.
+    """
+
+    def __init__(self, *args, learning_rate_multiplier: float = 1.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.learning_rate_multiplier = float(learning_rate_multiplier)
+
+    def apply_gradient(self, hyper_params, params, state, grads):
+        if self.learning_rate_multiplier != 1.0:
+            hyper_params = hyper_params.replace(
+                learning_rate=hyper_params.learning_rate * self.learning_rate_multiplier
+            )
+        return super().apply_gradient(hyper_params, params, state, grads)
+
+    def __eq__(self, other: Any) -> bool:
+        return super().__eq__(other) and self.learning_rate_multiplier == getattr(
+            other, "learning_rate_multiplier", 1.0
+        )
+
+    def __hash__(self) -> int:
+        return id(self)
+
+
+def _refuse(option: str, why: str) -> ValueError:
+    return ValueError(
+        f"the T5X runs cannot honour {option}: {why}. Change the recipe, or bind a T5X "
+        "optimizer yourself with --gin.OPTIMIZER=... (see runs/prompt_model.gin)."
+    )
+
+
+def _check_recipe(recipe: PromptRecipe) -> None:
+    """Raises for a recipe option T5X's Adafactor (as :func:`recipe_optimizer` builds it)
+    cannot apply, naming the option."""
+    if not isinstance(recipe.optimizer, recipes.Adafactor):
+        raise _refuse(
+            f"PromptRecipe.optimizer = {recipe.optimizer!r}",
+            "recipe_optimizer builds T5X's Adafactor only",
+        )
+    if recipe.optimizer.factored:
+        raise _refuse(
+            "Adafactor.factored = True",
+            "T5X's Adafactor factors by logical axis rules, which keep every prompt axis "
+            "unfactored (optim.logical_factor_rules), so prompts would silently train "
+            "unfactored",
+        )
+    if recipe.schedule is not None:
+        raise _refuse(
+            f"PromptRecipe.schedule = {recipe.schedule!r}",
+            "T5X's runs take their schedule from utils.create_learning_rate_scheduler "
+            "(runs/prompt_finetune.gin: factors = 'constant'); bind its factors / "
+            "warmup_steps there and leave PromptRecipe.schedule unset",
+        )
+
+
+def _groups(recipe: PromptRecipe) -> list[tuple[str, float]]:
+    """``(learning_rates name or "", rate)`` per parameter group, the rest first."""
+    return [("", recipe.learning_rate), *recipe.learning_rates]
+
+
+@gin.configurable(module="mpt_jax.t5x_ext.optim")
+def recipe_optimizer(
+    recipe: PromptRecipe | None = None,
+    prompt: Any = None,
+    traversal: PromptTraversal | None = None,
+) -> PlaceholderMultiOptimizer:
+    """The T5X optimizer of a prompt run: the project's :class:`PromptRecipe`, as T5X runs it.
+
+    One ``(traversal, ScaledAdafactor)`` pair per learning-rate group of the recipe: the
+    prompt parameters no ``learning_rates`` entry names, then one group per entry
+    (:meth:`PromptRecipe.rate_key`: full path below the prompt scope, else last
+    component). Each Adafactor's hyper-parameters are the recipe's :class:`Adafactor`
+    (``decay_rate``, ``weight_decay``, ``multiply_by_parameter_scale``,
+    ``clipping_threshold``; ``factored`` off), and each group's multiplier is its rate over
+    ``recipe.learning_rate``, which is the scheduler's base rate
+    (:func:`recipe_learning_rate`), so every parameter trains at ``recipe.rate(path)``.
+    ``recipe.max_grad_norm`` becomes Adafactor's ``global_norm_clip_threshold`` (the norm
+    over every trained parameter, as the runner's) when there is one group.
+
+    Where T5X's Adafactor differs from the runner's optax transform by design (the first
+    step is the same, ``Δθ = -(rate · sign g + wd · θ)`` where no gradient entry is 0;
+    without a task axis every step is: ``tests/test_optimizers.py``):
+
+    - the runner optimises a task-axis parameter (``task_cols``, ``task_prompts``, ...)
+      row by row, so its update clipping is per task row, and a row whose task is absent
+      from a batch keeps its value and state (no weight decay, no moment decay, no step
+      count); here clipping is per parameter array and every row decays every step;
+    - the second-moment decay ``1 - t^-0.8`` counts T5X's global step, which a stage
+      inherits from the checkpoint it starts from (prompt tuning's T5X recipe too,
+      ``step_offset = 0``), while the runner's count starts at each stage; at a late step
+      the decay is near 1 from the start, and the update clipping keeps the step's RMS at
+      the rate.
+
+    Args:
+      recipe: None = the gin-bound ``PromptRecipe()``, e.g.
+        ``--gin.PromptRecipe.learning_rate=0.1``.
+      prompt: the run's prompt module (gin: ``%PROMPT``); a ``MultitaskPrompt`` trains its
+        task factors at :func:`~mpt_jax.training.optimizers.mpt_recipe`'s rates, as in the
+        runner (:func:`~mpt_jax.training.optimizers.prompt_recipe`).
+      traversal: which parameters train (None: the gin-bound :func:`prompt_traversal`).
+
+    Raises:
+      ValueError: naming a recipe option that T5X cannot honour (AdamW, ``factored``, a
+        ``schedule``, ``max_grad_norm`` with several rate groups).
+    """
+    recipe = prompt_recipe(prompt, recipe)
+    _check_recipe(recipe)
+    traversal = prompt_traversal() if traversal is None else traversal
+    groups = _groups(recipe)
+    if recipe.max_grad_norm is not None and len(groups) > 1:
+        raise _refuse(
+            f"PromptRecipe.max_grad_norm = {recipe.max_grad_norm} with learning_rates "
+            f"{dict(recipe.learning_rates)}",
+            "T5X's Adafactor clips the norm of its own parameter group, not of all of them",
+        )
+    ada = recipe.optimizer
+    pairs = []
+    for name, rate in groups:
+        where = functools.partial(lambda key, rel: recipe.rate_key(rel) == key, name or None)
+        pairs.append((
+            traversal.restrict(where, name),
+            ScaledAdafactor(
+                factored=False,
+                decay_rate=ada.decay_rate,
+                step_offset=0,
+                multiply_by_parameter_scale=ada.multiply_by_parameter_scale,
+                clipping_threshold=ada.clipping_threshold,
+                weight_decay_rate=ada.weight_decay or None,
+                global_norm_clip_threshold=recipe.max_grad_norm,
+                logical_factor_rules=logical_factor_rules(),
+                learning_rate_multiplier=rate / recipe.learning_rate,
+            ),
+        ))  # fmt: skip
+    return PlaceholderMultiOptimizer(tuple(pairs))
+
+
+@gin.configurable(module="mpt_jax.t5x_ext.optim")
+def recipe_learning_rate(recipe: PromptRecipe | None = None) -> float:
+    """The scheduler's base rate: ``recipe.learning_rate`` (gin, runs/prompt_finetune.gin:
+    ``utils.create_learning_rate_scheduler.base_learning_rate = @optim.recipe_learning_rate()``).
+
+    Raises ``ValueError`` for a recipe T5X cannot honour (see :func:`recipe_optimizer`).
+    """
+    recipe = PromptRecipe() if recipe is None else recipe
+    _check_recipe(recipe)
+    return recipe.learning_rate

@@ -1,7 +1,8 @@
 """The prompt optimizer: one recipe, built as an optax transform.
 
 :class:`PromptRecipe` is the single definition of how prompts train, for every stage
-of the runner, the demo and (checked by ``tests/test_optimizers.py``) the T5X gin files.
+of the runner, the demo and the T5X runs (``mpt_jax.t5x_ext.optim.recipe_optimizer``
+builds T5X's optimizer from it; ``tests/test_gin_configs.py`` checks what they build).
 Its defaults are prompt tuning's (Lester et al. 2021; google-research/prompt-tuning
 ``configs/models/t5_1_1_prompt.gin``): Adafactor with a constant learning rate of 0.3,
 second-moment decay exponent 0.8, weight decay 1e-5, ``multiply_by_parameter_scale``
@@ -37,6 +38,8 @@ import gin
 import jax
 import jax.numpy as jnp
 import optax
+
+from mpt_jax.prompts.generators import MultitaskPrompt
 
 PyTree = Any
 SCHEDULES = ("constant", "linear_decay", "rsqrt")
@@ -250,12 +253,20 @@ class PromptRecipe:
         # a tuple of pairs keeps the recipe hashable (a dict is not)
         object.__setattr__(self, "learning_rates", tuple(sorted(rates.items())))
 
-    def rate(self, path: str) -> float:
-        """The learning rate of the parameter at ``path`` (``"a/b/name"``)."""
+    def rate_key(self, path: str) -> str | None:
+        """The ``learning_rates`` entry that sets the rate of the parameter at ``path``
+        (``"a/b/name"``): the full path, else its last component; None: the parameter
+        trains at ``learning_rate``. (The T5X runs group parameters by it.)"""
         rates = dict(self.learning_rates)
         if path in rates:
-            return rates[path]
-        return rates.get(path.rsplit("/", 1)[-1], self.learning_rate)
+            return path
+        short = path.rsplit("/", 1)[-1]
+        return short if short in rates else None
+
+    def rate(self, path: str) -> float:
+        """The learning rate of the parameter at ``path`` (``"a/b/name"``)."""
+        key = self.rate_key(path)
+        return self.learning_rate if key is None else dict(self.learning_rates)[key]
 
     def _lr(self, rate: float) -> float | optax.Schedule:
         return rate if self.schedule is None else self.schedule(rate)
@@ -355,6 +366,15 @@ def mpt_recipe(
     recipe = PromptRecipe() if recipe is None else recipe
     rates = {**dict(factor_rates), **dict(recipe.learning_rates)}
     return dataclasses.replace(recipe, learning_rates=rates)
+
+
+def prompt_recipe(prompt: nn.Module, recipe: PromptRecipe | None = None) -> PromptRecipe:
+    """The recipe that trains ``prompt``: ``recipe`` (None = the gin-bound
+    :class:`PromptRecipe`), with :func:`mpt_recipe`'s factor rates when ``prompt`` is a
+    ``MultitaskPrompt`` (MPT's source and target prompts). The T5X runs
+    (``mpt_jax.t5x_ext.optim.recipe_optimizer``) pick their recipe with it."""
+    recipe = PromptRecipe() if recipe is None else recipe
+    return mpt_recipe(recipe) if isinstance(prompt, MultitaskPrompt) else recipe
 
 
 def make_optimizer(
