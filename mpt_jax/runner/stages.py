@@ -75,7 +75,7 @@ from mpt_jax.prompts.generators import MultitaskPrompt, SinglePrompt, TaskPrompt
 from mpt_jax.training import identity
 from mpt_jax.training.checkpoints import Checkpointer, checkpoint_dir
 from mpt_jax.training.objectives import Distillation, LossFn, distillation_loss_fn, task_loss_fn
-from mpt_jax.training.optimizers import PromptRecipe, mpt_recipe, task_axis_params
+from mpt_jax.training.optimizers import PromptRecipe, prompt_recipe, task_axis_params
 from mpt_jax.training.run_group import RunGroup, stack
 
 PyTree = Any
@@ -242,9 +242,7 @@ def _stage(
 ) -> Stage:
     """The stage's model, objective and optimizer around ``prompt`` and ``params``; an MPT
     prompt's factors train at :func:`mpt_recipe`'s rates."""
-    recipe = PromptRecipe() if recipe is None else recipe
-    if isinstance(prompt, MultitaskPrompt):
-        recipe = mpt_recipe(recipe)
+    recipe = prompt_recipe(prompt, recipe)
     model = PromptedT5(ctx.config, prompt)
     optimizer = recipe.build(task_axis_params(prompt, ctx.config.emb_dim))
     return Stage(name, model, params, loss_fn(model), optimizer, dict(frozen or {}),
