@@ -38,6 +38,7 @@ setup(
     package_dir={"mpt_jax.tasks": "tasks", "mpt_jax.configs": "configs"},
     package_data={
         "mpt_jax.configs": ["*.gin", "**/*.gin"],
+        "mpt_jax.tasks": ["registered_names.txt"],
         "mpt_jax": ["assets/*", "assets/**/*"],
     },
     include_package_data=True,

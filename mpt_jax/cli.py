@@ -351,14 +351,6 @@ def check_macros_defined(bindings: Sequence[str]) -> None:
             ) from None
 
 
-#: Which binding names the task or mixture each job reads.
-_MIXTURE_BINDINGS = {
-    "train": ("train.mixture_or_task_name", "train.eval_mixture_or_task_name"),
-    "eval": ("evaluate.mixture_or_task_name",),
-    "infer": ("infer.mixture_or_task_name",),
-}
-
-
 def _query(name: str):
     """The value bound to ``name`` with macros followed (``%MIXTURE`` → its value); None
     when unbound."""
@@ -383,7 +375,7 @@ def check_tasks(job: str) -> None:
 
     if job == "infer" and _query("infer.input_file"):
         return
-    names = {n: _query(n) for n in _MIXTURE_BINDINGS.get(job, ())}
+    names = {n: _query(n) for n in preflight.MIXTURE_BINDINGS.get(job, ())}
     preflight.check_mixture_names(names)
     every_task = {}
     for binding, value in names.items():
@@ -557,7 +549,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             # gin still wants a value for the jobs' MIXTURE parameter, which this job ignores
             bindings = [*bindings, f"MIXTURE = {str(input_file or 'unused')!r}"]
             parsed = preflight.parse(args.gin_file, bindings, paths)
-        preflight.check(parsed, args.job)
+        preflight.check(parsed, args.job, task_modules=args.task_module)
     except SyntaxError as e:  # gin's parser: a value that is not gin syntax
         hint = " (strings need quotes: --gin.MODEL_DIR=\"'runs/x'\")" if "parse" in str(e) else ""
         print(f"mpt-jax {args.job}: gin syntax error: {e}{hint}", file=sys.stderr)

@@ -14,6 +14,10 @@ Importing this package registers (once; importing again is a no-op):
 - your own tasks from jsonl/TSV files, bound in gin (``file_tasks.tasks``, ``files.py``;
   registered by ``mpt-jax`` before a job, or by ``files.register_file_tasks()``).
 
+``registered_names.txt`` lists every name registered here, so ``mpt-jax`` checks a task
+name before it imports seqio and TensorFlow; after adding or renaming a task, rewrite it
+with ``python -m mpt_jax.tasks.names`` (``tests/test_task_names.py`` checks it).
+
 A T5X gin file::
 
     import mpt_jax.tasks

@@ -106,6 +106,52 @@ def test_misspelled_mixture_lists_the_nearest_names():
     assert "did you mean 'mpt_embedded_source'" in message
 
 
+def test_misspelled_task_stops_before_tensorflow():
+    status, err, seconds, out = _cli(
+        "train", "--gin_file=runner/teacher.gin", "--gin_file=runner/tiny.gin",
+        "--gin.MODEL_DIR='runs/x'", "--gin.MIXTURE='mpt_embeded_source'",
+    )  # fmt: skip
+    assert status == 2, err
+    assert "train.mixture_or_task_name = 'mpt_embeded_source' (set at runner/base.gin:" in err
+    assert "from MIXTURE at --gin.MIXTURE='mpt_embeded_source'): no seqio task" in err
+    assert "did you mean 'mpt_embedded_source'" in err
+    assert "HEAVY []" in out  # seqio and TensorFlow never started
+    print(f"time to the error: {seconds:.2f} s (process start included)")
+
+
+def _task_errors(mixture, *extra, task_modules=(), job="train"):
+    config = preflight.parse(STAGE, ["MODEL_DIR = 'runs/x'", f"MIXTURE = {mixture!r}", *extra],
+                             [CONFIG_DIR])  # fmt: skip
+    return preflight.task_name_errors(config, job, task_modules)
+
+
+def test_task_names_known_before_import():
+    assert _task_errors("mpt_embedded_source") == []
+    assert _task_errors("mpt_source_mixture") == []
+    own = "file_tasks.tasks = {'my_sentiment': {'train': 'x.jsonl'}}"
+    assert _task_errors("my_sentiment", own) == []  # an own task of file_tasks
+    mixture = "file_tasks.mixtures = {'my_mix': ['my_sentiment']}"
+    assert _task_errors("my_mix", own, mixture) == []
+    (message,) = _task_errors("my_sentimnt", own)
+    assert message.startswith("train.mixture_or_task_name = 'my_sentimnt' (set at ")
+    assert "): no seqio task or mixture of that name" in message
+    assert "did you mean 'my_sentiment'" in message
+    eval_binding = "train.eval_mixture_or_task_name = 'mpt_embedded_targt'"
+    (message,) = _task_errors("mpt_embedded_source", eval_binding)
+    assert message.startswith("train.eval_mixture_or_task_name = 'mpt_embedded_targt' (set at")
+
+
+def test_task_names_from_other_modules_are_left_to_the_check_after_import():
+    # --task_module or a gin import outside mpt_jax may register any name: checked later.
+    assert _task_errors("my_python_task", task_modules=["my_tasks.py"]) == []
+    config = preflight.parse(STAGE, ["MODEL_DIR = 'runs/x'", "MIXTURE = 'my_python_task'"],
+                             [CONFIG_DIR])  # fmt: skip
+    config.imports.append("my_tasks")
+    assert preflight.task_name_errors(config, "train") == []
+    config.imports[-1] = "mpt_jax.tasks"  # the project's own tasks are listed
+    assert len(preflight.task_name_errors(config, "train")) == 1
+
+
 def test_missing_task_ids_says_both_things_to_do(capsys, tmp_path):
     import functools
 

@@ -11,7 +11,11 @@ the mistakes that otherwise surface 15-60 s later as a bare ``TypeError``:
   ``PromptRecipe.learning_rate = '0.3'``);
 - a file or folder a binding names that does not exist (backbone checkpoint, teacher and
   source runs, a run to evaluate, a sentencepiece model, an own task's data files, an
-  ``infer.input_file``).
+  ``infer.input_file``);
+- a task or mixture name that is neither shipped (``tasks/registered_names.txt``, what
+  importing ``mpt_jax.tasks`` registers) nor an own task of ``file_tasks``, with the
+  nearest names. With ``--task_module`` or a gin ``import`` of another package, names are
+  checked after those modules are imported (TensorFlow's start-up, ~10 s).
 
 Annotations are read from the source of the configurables (``ast``, nothing imported),
 so a new ``@gin.configurable`` parameter is checked without being listed here. Every
@@ -25,6 +29,7 @@ import dataclasses
 import functools
 import glob
 import os
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -580,15 +585,20 @@ def unread_macros(config: ParsedConfig) -> list[str]:
     ]
 
 
-def check(config: ParsedConfig, job: str, extra: Iterable[str] = ()) -> None:
+def check(
+    config: ParsedConfig, job: str, extra: Iterable[str] = (), task_modules: Sequence[str] = ()
+) -> None:
     """Raises :class:`PreflightError` listing every mistake found, one per line.
 
     Args:
       config: what :func:`parse` returned.
       job: the ``mpt-jax`` command (``train``, ``eval``, ...), for the folders it reads.
       extra: messages found by the caller, reported together with these.
+      task_modules: the command's ``--task_module`` values; with any, task names are left
+        to the check after import (:func:`check_mixture_names`).
     """
     errors = list(extra)
+    errors += task_name_errors(config, job, task_modules)
     errors += unread_macros(config)
     errors += required_macros(config, job)
     for binding in config.bindings.values():
@@ -646,21 +656,88 @@ def suggest(name: str, known: Iterable[str], n: int = 5) -> str:
     return f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
 
 
+# -- task and mixture names ------------------------------------------------------------------
+
+#: The bindings that name the task or mixture each command reads.
+MIXTURE_BINDINGS = {
+    "train": ("train.mixture_or_task_name", "train.eval_mixture_or_task_name"),
+    "eval": ("evaluate.mixture_or_task_name",),
+    "infer": ("infer.mixture_or_task_name",),
+}
+#: In ``mpt_jax.tasks``' folder: the names importing ``mpt_jax.tasks`` registers, one per
+#: line (``python -m mpt_jax.tasks.names`` writes it; ``tests/test_task_names.py`` checks it).
+TASK_NAMES_FILE = "registered_names.txt"
+_OWN_TASKS_HINT = " (own tasks: file_tasks.tasks in gin; your own seqio module: --task_module)"
+
+
+def shipped_task_names() -> frozenset[str] | None:
+    """The shipped tasks and mixtures, read from :data:`TASK_NAMES_FILE` without importing
+    seqio or TensorFlow; None when the file is missing."""
+    path = os.path.join(_package_dirs().get("mpt_jax.tasks", ""), TASK_NAMES_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return frozenset(n for line in f if (n := line.strip()) and not n.startswith("#"))
+
+
+def unknown_task_message(
+    binding: str, value: str, known: Iterable[str], where: str | None = None
+) -> str:
+    """The message for a task or mixture name that nothing registers, with where it was
+    set (when known) and the nearest known names."""
+    at = f" (set at {where})" if where else ""
+    return (
+        f"{binding} = {value!r}{at}: no seqio task or mixture of that name"
+        f"{suggest(value, known)}{_OWN_TASKS_HINT}"
+    )
+
+
+def task_name_errors(config: ParsedConfig, job: str, task_modules: Sequence[str] = ()) -> list[str]:
+    """Messages for task or mixture names (:data:`MIXTURE_BINDINGS`) that are neither
+    shipped nor bound in ``file_tasks``. Empty when something this pass cannot read may
+    register tasks: a ``--task_module``, or a gin ``import`` outside ``mpt_jax``. Names a
+    Python caller registered before (seqio already imported) count as known."""
+    if task_modules or any(m.partition(".")[0] != "mpt_jax" for m in config.imports):
+        return []
+    if job == "infer" and config.value("infer.input_file"):
+        return []  # infer reads a file of inputs; MIXTURE is a placeholder there
+    shipped = shipped_task_names()
+    if shipped is None:
+        return []
+    known = set(shipped)
+    if "seqio" in sys.modules:  # a Python caller may have registered its tasks already
+        seqio = sys.modules["seqio"]
+        known.update(seqio.TaskRegistry.names(), seqio.MixtureRegistry.names())
+    for own in ("file_tasks.tasks", "file_tasks.mixtures"):
+        value = config.value(own)
+        if isinstance(value, dict):
+            known.update(k for k in value if isinstance(k, str))
+    errors = []
+    for name in MIXTURE_BINDINGS.get(job, ()):
+        binding = config.get(name)
+        value = None if binding is None else config.resolve(binding.value)
+        if not isinstance(value, str) or value in known:
+            continue
+        where = binding.where
+        if isinstance(binding.value, Macro) and config.macro(binding.value.name):
+            where = f"{where} from {binding.value.name} at {config.macro(binding.value.name).where}"
+        errors.append(unknown_task_message(name, value, known, where))
+    return errors
+
+
 def check_mixture_names(names: Mapping[str, str | None]) -> None:
     """Raises ``PreflightError`` for a task or mixture name seqio does not know, with the
-    nearest registered names. ``names`` maps the binding to its value."""
+    nearest registered names. ``names`` maps the binding to its value. The check after
+    import (TensorFlow started): :func:`task_name_errors` covers what it can before."""
     import seqio
 
     import mpt_jax.tasks  # noqa: F401  (registers the project's tasks)
 
     known = [*seqio.TaskRegistry.names(), *seqio.MixtureRegistry.names()]
-    errors = []
-    for binding, value in names.items():
-        if value is None or not isinstance(value, str) or value in known:
-            continue
-        errors.append(
-            f"{binding} = {value!r}: no seqio task or mixture of that name{suggest(value, known)}"
-            " (own tasks: file_tasks.tasks in gin; your own seqio module: --task_module)"
-        )
+    errors = [
+        unknown_task_message(binding, value, known)
+        for binding, value in names.items()
+        if isinstance(value, str) and value not in known
+    ]
     if errors:
         raise PreflightError("\n".join(errors))
