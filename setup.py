@@ -72,5 +72,5 @@ setup(
             "peft>=0.13",
         ],
     },
-    entry_points={"console_scripts": ["mpt-jax=mpt_jax.cli:main"]},
+    entry_points={"console_scripts": ["mpt-jax=mpt_jax.cli:console_main"]},
 )

@@ -56,6 +56,7 @@ import re
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Iterator, Sequence
 
 # TensorFlow (seqio's data pipeline) prints INFO/WARNING lines about CUDA and oneDNN at
@@ -493,10 +494,12 @@ def user_errors() -> dict[type[BaseException], int]:
     from mpt_jax.data.task_ids import TaskIndexError
     from mpt_jax.runner.evaluation import InputFileError
     from mpt_jax.runner.preflight import PreflightError
+    from mpt_jax.tasks.files import FileTaskError
     from mpt_jax.training.actions import NonFiniteError
     from mpt_jax.training.checkpoints import CheckpointError  # IdentityError, unreadable ones
 
-    refusals = (UsageError, PreflightError, TaskIndexError, CheckpointError, InputFileError)
+    refusals = (UsageError, PreflightError, TaskIndexError, CheckpointError, InputFileError,
+                FileTaskError)  # fmt: skip
     return {**dict.fromkeys(refusals, 2), NonFiniteError: 1}
 
 
@@ -505,11 +508,13 @@ def _refusal(job: str, e: BaseException) -> int | None:
     indented) and returns its exit status; None for any other exception."""
     if (message := _friendly(e)) is not None:
         print(f"mpt-jax {job}: error: {message}", file=sys.stderr)
-        return 1
+        return 2
     status = next((s for cls, s in user_errors().items() if isinstance(e, cls)), None)
     if status is None:
         return None
     first, *rest = str(e).strip().splitlines() or [type(e).__name__]
+    # gin appends "In call to configurable 'infer' (<function infer at 0x…>)": not the user's
+    rest = [line for line in rest if not line.strip().startswith("In call to configurable")]
     print(f"mpt-jax {job}: error: {first}", file=sys.stderr)
     for line in rest:
         print(f"  {line.strip()}", file=sys.stderr)
@@ -575,7 +580,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mpt-jax: {e}", file=sys.stderr)
         return 2
     except (ValueError, KeyError, TypeError, SyntaxError, FileNotFoundError) as e:
-        print(f"mpt-jax: gin configuration error: {e}", file=sys.stderr)  # how gin reports
+        status = _refusal(args.job, e)  # an own task's file refused while registering
+        if status is None:
+            print(f"mpt-jax: gin configuration error: {e}", file=sys.stderr)  # how gin reports
         return 2
     from mpt_jax import compile_cache
 
@@ -596,5 +603,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def console_main() -> None:
+    """The ``mpt-jax`` console script (and ``python -m mpt_jax.cli``): :func:`main`, then exit.
+
+    A job stopped by an error leaves the process with ``os._exit`` (output flushed): a
+    TensorFlow input pipeline interrupted by an exception (a record refused inside a
+    seqio preprocessor, say) can deadlock in its iterator's destructor at interpreter
+    shutdown (``MapAndBatchDatasetOp::Dataset::Iterator::~Iterator``, the main thread
+    holding the GIL its workers wait for), so the refused run printed its message and
+    never exited. A run that ends normally exits as usual.
+    """
+    try:
+        status = main()
+    except Exception:  # --traceback, or an error mpt-jax does not know: print it, then exit
+        traceback.print_exc()
+        status = 1
+    if status != 0 and "tensorflow" in sys.modules:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

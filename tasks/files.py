@@ -170,6 +170,11 @@ class FileTask:
             kwargs[split] = tuple(_as_list(kwargs.get(split)))
         kwargs["inputs"] = tuple(_as_list(kwargs.get("inputs", "inputs")))
         if kwargs.get("labels") is not None:
+            if isinstance(kwargs["labels"], str) or not isinstance(kwargs["labels"], Sequence):
+                raise ValueError(
+                    f"file_tasks.tasks[{name!r}]['labels'] = {kwargs['labels']!r}: give a list "
+                    "of label names, e.g. ['no', 'yes']"
+                )
             kwargs["labels"] = tuple(str(label) for label in kwargs["labels"])
         return cls(name=name, **kwargs)
 
@@ -221,36 +226,40 @@ class FileTask:
 # -- reading ---------------------------------------------------------------------------------
 
 
+class FileTaskError(ValueError):
+    """A record of an own task's file that cannot be read as the task declares (named by
+    ``file:line``): not JSON, a missing field, a target that is not a label, an empty file.
+    Raised when the task is registered, before training (every record is read once)."""
+
+
 def _records(path: str) -> Iterator[tuple[int, Mapping[str, Any]]]:
     """``(line number, record)`` of a jsonl or TSV file (TSV: the first line names fields)."""
     stem = path.removesuffix(".gz")
+    lines = list(_lines(path))
+    if lines:  # a byte-order mark (Windows editors, Excel) is encoding, not data
+        lines[0] = lines[0].removeprefix("\ufeff")
     if stem.endswith((".tsv", ".tab")):
-        lines = list(_lines(path))
         reader = csv.DictReader(io.StringIO("".join(lines)), delimiter="\t", quoting=csv.QUOTE_NONE)
         for number, row in enumerate(reader, start=2):
             yield number, row
         return
-    for number, line in enumerate(_lines(path), start=1):
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             yield number, json.loads(line)
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{number}: not a JSON line ({err})") from None
-
-
-def check_not_empty(path: str) -> None:
-    """Raises ``ValueError`` naming ``path`` when it holds no record."""
-    for _ in _records(path):
-        return
-    raise ValueError(f"{path}: the file holds no record (an empty jsonl/TSV file)")
+            raise FileTaskError(f"{path}:{number}: not a JSON line ({err})") from None
 
 
 def _field(record: Mapping[str, Any], key: str, where: str) -> Any:
     if not isinstance(record, Mapping):
-        raise ValueError(f"{where}: expected a JSON object per line; got {record!r:.80}")
+        raise FileTaskError(f"{where}: expected a JSON object per line; got {record!r:.80}")
     if key not in record:
-        raise ValueError(f"{where}: the record has no field {key!r} (fields: {sorted(record)})")
+        header = " (a TSV file's first line names its fields)" if ".tsv" in where else ""
+        raise FileTaskError(
+            f"{where}: the record has no field {key!r} (fields: {sorted(record)}){header}"
+        )
     return record[key]
 
 
@@ -266,7 +275,7 @@ def _label_index(value: Any, labels: Sequence[str], where: str) -> int:
         index = None
     if index is not None and 0 <= index < len(labels):
         return index
-    raise ValueError(
+    raise FileTaskError(
         f"{where}: target {value!r} is neither a label name nor an index of {list(labels)}"
     )
 
@@ -304,7 +313,7 @@ def examples(task: FileTask, split: str) -> Iterator[dict[str, Any]]:
             else:
                 yield {"inputs": inputs, "targets": task.labels[label], "label": label}
         if not any_record:
-            raise ValueError(
+            raise FileTaskError(
                 f"{path}: the file holds no record (an empty jsonl/TSV file, "
                 f"file_tasks.tasks[{task.name!r}][{split!r}])"
             )
@@ -335,11 +344,12 @@ _REGISTERED: dict[str, FileTask] = {}
 
 def register_file_task(task: FileTask) -> None:
     """Registers ``task`` as a seqio task (replacing an own task of that name registered
-    before with another definition). Its files are checked now: a missing or empty one is
-    an error naming it."""
+    before with another definition). Every record of its files is read now, so a missing
+    or empty file, a line that is not JSON, a missing field or a target that is not a label
+    is a :class:`FileTaskError` naming ``file:line`` before any training starts."""
     for split in task.splits:
-        for path in task.files(split):
-            check_not_empty(path)
+        for _ in examples(task, split):  # every record once: its errors name file:line now
+            pass
     if _REGISTERED.get(task.name) == task and task.name in seqio.TaskRegistry.names():
         return
     if task.name in seqio.TaskRegistry.names():

@@ -315,3 +315,22 @@ def test_infer_refuses_over_long_inputs_of_a_user_task_like_train(tmp_path):
                    task_feature_lengths=LENGTHS | {"inputs": 6}, stage=stages.prompt_tuning,
                    output_file=str(out))  # fmt: skip
     assert not out.exists()
+
+
+def test_infer_input_file_messages_name_file_and_line(tmp_path):
+    import seqio
+
+    from mpt_jax.data.task_ids import TaskIndex
+    from mpt_jax.runner.evaluation import InputFileError, encode_inputs, read_input_file
+
+    index = TaskIndex(("t",))
+    path = tmp_path / "new.jsonl"
+    path.write_text('{"inputs": "a"}\n\n{"inputs": "b"}\n{"inputs": "' + "x" * 40 + '"}\n')
+    records = read_input_file(str(path), index)
+    assert [r["where"] for r in records] == [f"{path}:1", f"{path}:3", f"{path}:4"]
+    vocabulary = seqio.ByteVocabulary()
+    with pytest.raises(InputFileError, match=rf"{path}:4: the input of task 't' has 41 tokens > 8"):
+        encode_inputs(records, index, 8, lambda task: vocabulary, truncate=False)
+    path.write_text('{"text": "a"}\n')
+    with pytest.raises(InputFileError, match=r":1: expected .* got fields \['text'\] \(the input"):
+        read_input_file(str(path), index)

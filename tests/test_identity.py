@@ -244,7 +244,7 @@ def test_add_composition_as_spot_source_is_refused(runs, tmp_path):
 
 
 def test_target_source_from_another_backbone_is_refused(runs, tmp_path):
-    refused = r"backbone: saved 'random:0'.*this run this run's backbone"
+    refused = r"backbone: saved 'random:0'.*this run an unnamed backbone"
     with pytest.raises(IdentityError, match=refused):
         _run("train", "runner/target.gin", "runner/tiny.gin", MODEL_DIR=repr(str(tmp_path / "t")),
              SOURCE_DIR=repr(runs["mpt"]), MIXTURE=repr(TASKS[1]),

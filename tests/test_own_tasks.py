@@ -208,3 +208,29 @@ def test_file_task_mistakes_name_the_task_and_key(tmp_path):
         {"inputs": "title: A body: B", "targets": "yes", "label": 1}
     ]
     assert np.isclose(files._squad(["The cat"], ["cat"])["em"], 100.0)
+
+
+def test_file_contents_are_checked_when_registered(tmp_path):
+    # labels as one string would be split into characters
+    with pytest.raises(ValueError, match=r"\['labels'\] = 'no,yes': give a list of label names"):
+        files.FileTask.from_mapping("t", {"train": "a.jsonl", "labels": "no,yes"})
+    # a byte-order mark (Excel's TSV, a Windows editor's jsonl) is not part of a field name
+    labels = {"inputs": "text", "targets": "answer", "labels": ["no", "yes"]}
+    tsv, jsonl = tmp_path / "bom.tsv", tmp_path / "bom.jsonl"
+    tsv.write_text("\ufefftext\tanswer\nA\tyes\n", encoding="utf-8")
+    jsonl.write_text('\ufeff{"text": "A", "answer": "yes"}\n', encoding="utf-8")
+    for path in (tsv, jsonl):
+        task = files.FileTask.from_mapping("t", {"train": str(path), **labels})
+        assert list(files.examples(task, "train"))[0]["inputs"] == "A"
+    # a bad record anywhere in a file stops the registration, naming file:line
+    bad = tmp_path / "bad.jsonl"
+    good = '{"text": "x", "answer": "no"}\n'
+    bad.write_text(good * 50 + '{"text": "x"}\n' + good)
+    task = files.FileTask.from_mapping("own_bad_record", {"train": str(bad), **labels})
+    with pytest.raises(files.FileTaskError, match=rf"{bad}:51: the record has no field 'answer'"):
+        files.register_file_task(task)
+    headerless = tmp_path / "nohdr.tsv"
+    headerless.write_text("A\tyes\nB\tno\n")
+    task = files.FileTask.from_mapping("own_headerless", {"train": str(headerless), **labels})
+    with pytest.raises(files.FileTaskError, match="a TSV file's first line names its fields"):
+        files.register_file_task(task)

@@ -119,6 +119,8 @@ def test_our_export_loads_in_peft_and_gives_our_prompt(peft_setup, tmp_path):
     module, _, params = _mpt_params(seed=4)
     config = prompt_io.export_peft(params, str(tmp_path))
     assert config["num_transformer_submodules"] == 1
+    modes = {n: os.stat(tmp_path / n).st_mode & 0o777 for n in os.listdir(tmp_path)}
+    assert len(set(modes.values())) == 1, modes  # the weights as readable as the config
     loaded = peft.PeftModel.from_pretrained(base_model(), str(tmp_path))
     encoder = loaded.prompt_encoder["default"]
     np.testing.assert_array_equal(encoder.embedding.weight.detach().numpy(), params["shared"])

@@ -246,7 +246,11 @@ def export_peft(
     }
     config = peft_config(tasks, length, rank, embed, task_type, base_model_name_or_path)
     os.makedirs(directory, exist_ok=True)
-    save_file(tensors, os.path.join(directory, PEFT_WEIGHTS))
+    weights = os.path.join(directory, PEFT_WEIGHTS)
+    save_file(tensors, weights)
+    umask = os.umask(0)  # safetensors writes 0600; give the file the mode open() would
+    os.umask(umask)
+    os.chmod(weights, 0o666 & ~umask)
     with open(os.path.join(directory, PEFT_CONFIG), "w") as f:
         json.dump(config, f, indent=2, sort_keys=True)
     return config

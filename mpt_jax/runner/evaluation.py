@@ -248,8 +248,9 @@ class InputFileError(ValueError):
 
 
 def read_input_file(path: str, index: TaskIndex) -> list[dict[str, str]]:
-    """``[{"task", "inputs"}]`` from a jsonl of new inputs; ``task`` may be left out when
-    the run has one task. A bad line is an error naming the file and the line.
+    """``[{"task", "inputs", "where"}]`` from a jsonl of new inputs (``where``: the
+    ``file:line`` of each, for later messages); ``task`` may be left out when the run has
+    one task. A bad line is an error naming the file and the line.
 
     Raises:
       FileNotFoundError: no such file. InputFileError: a line that is not an object with
@@ -270,7 +271,11 @@ def read_input_file(path: str, index: TaskIndex) -> list[dict[str, str]]:
             except json.JSONDecodeError as err:
                 raise InputFileError(f"{where}: not a JSON line ({err})") from None
             if not isinstance(record, dict) or "inputs" not in record:
-                raise InputFileError(f'{where}: expected {{"inputs": ..., "task": ...}}')
+                got = f"fields {sorted(record)}" if isinstance(record, dict) else f"{record!r:.60}"
+                raise InputFileError(
+                    f'{where}: expected {{"inputs": ..., "task": ...}}, got {got} (the input '
+                    'text is "inputs" whatever field names the task\'s own files use)'
+                )
             task = record.get("task")
             if task is None:
                 if index.num_tasks != 1:
@@ -282,7 +287,7 @@ def read_input_file(path: str, index: TaskIndex) -> list[dict[str, str]]:
                 raise InputFileError(
                     f"{where}: task {task!r} is not one of the run's tasks {list(index.names)}"
                 )
-            records.append({"task": task, "inputs": str(record["inputs"])})
+            records.append({"task": task, "inputs": str(record["inputs"]), "where": where})
     if not records:
         raise InputFileError(f"infer.input_file {path!r} holds no line")
     return records
@@ -313,7 +318,8 @@ def encode_inputs(
         encoded = [*vocabulary.encode(record["inputs"]), vocabulary.eos_id]
         if len(encoded) > input_length and not truncate:
             raise InputFileError(
-                f"input {i} of task {record['task']!r} has {len(encoded)} tokens > "
+                f"{record.get('where', f'input {i + 1}')}: the input of task "
+                f"{record['task']!r} has {len(encoded)} tokens > "
                 f"{input_length} (TASK_FEATURE_LENGTHS['inputs']): raise it, or bind "
                 "length_policy.truncation = 'truncate'"
             )

@@ -221,7 +221,7 @@ def _short_backbone(record: Mapping[str, Any] | None) -> str:
         return "<none>"
     digest = f"sha256 {str(record.get('sha256'))[:12]}…"
     if record.get("reference") is None:
-        return f"this run's backbone ({digest})"
+        return f"an unnamed backbone ({digest})"
     return f"{record.get('reference')!r} (config {record.get('config')!r}, {digest})"
 
 
