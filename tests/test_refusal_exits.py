@@ -1,4 +1,5 @@
-"""A run refused by its data exits with its message and status 2 (issue 14).
+"""A run refused by its data exits with its message and status 2; one that truncates says
+so (issue 14).
 
 An error raised inside TensorFlow's input pipeline (an over-long input, refused by a
 seqio preprocessor) left the iterator's destructor waiting for its workers at interpreter
@@ -56,3 +57,11 @@ def test_traceback_flag_still_exits(tmp_path):
     lines = [_record("short one"), _record("x " * 400), *[_record("short") for _ in range(8)]]
     status, err = _run(tmp_path, lines, "--traceback")
     assert status == 1 and "Traceback" in err, err[-3000:]
+
+
+def test_truncation_is_logged_by_the_command(tmp_path):
+    # TensorFlow's C++ log is silenced below ERROR by mpt-jax; the count goes to stderr
+    status, err = _run(tmp_path, [_record("x " * 40)] * 10,
+                       "--gin.length_policy.truncation='truncate'")  # fmt: skip
+    assert status == 0, err[-3000:]
+    assert "mpt_jax: truncated 'inputs' of own from length 81 to 16" in err

@@ -39,6 +39,7 @@ whatever the task's preprocessors.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 
 import gin
@@ -178,7 +179,9 @@ def _log_truncation(feature, where, length, max_length, total):
         length,
         f"to {max_length}; examples truncated so far:",
         total,
-        output_stream=tf.compat.v1.logging.warning,
+        # stderr, not tf.compat.v1.logging.warning: that is TensorFlow's C++ log, which
+        # mpt-jax silences below ERROR (TF_CPP_MIN_LOG_LEVEL=2) with its start-up noise
+        output_stream=sys.stderr,
     )
     with tf.control_dependencies([op]):
         return tf.constant(True)
