@@ -492,6 +492,7 @@ def user_errors() -> dict[type[BaseException], int]:
     naming the value (no traceback needed), with their exit status. Bare ``ValueError`` /
     ``TypeError`` are not among them: outside these classes they may be bugs."""
     from mpt_jax.data.task_ids import TaskIndexError
+    from mpt_jax.errors import BindingError
     from mpt_jax.runner.evaluation import InputFileError
     from mpt_jax.runner.preflight import PreflightError
     from mpt_jax.tasks.files import FileTaskError
@@ -499,7 +500,7 @@ def user_errors() -> dict[type[BaseException], int]:
     from mpt_jax.training.checkpoints import CheckpointError  # IdentityError, unreadable ones
 
     refusals = (UsageError, PreflightError, TaskIndexError, CheckpointError, InputFileError,
-                FileTaskError)  # fmt: skip
+                FileTaskError, BindingError)  # fmt: skip
     return {**dict.fromkeys(refusals, 2), NonFiniteError: 1}
 
 
@@ -556,7 +557,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             parsed = preflight.parse(args.gin_file, bindings, paths)
         preflight.check(parsed, args.job, task_modules=args.task_module)
     except SyntaxError as e:  # gin's parser: a value that is not gin syntax
-        hint = " (strings need quotes: --gin.MODEL_DIR=\"'runs/x'\")" if "parse" in str(e) else ""
+        quoted = "needs gin's quotes" in str(e)
+        hint = "" if quoted or "parse" not in str(e) else " (strings need quotes: 'like this')"
         print(f"mpt-jax {args.job}: gin syntax error: {e}{hint}", file=sys.stderr)
         return 2
     except preflight.PreflightError as e:

@@ -258,3 +258,35 @@ def test_plot_writes_a_png(tmp_path):
     png = tmp_path / "learning_curves.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert cli.main(["plot", str(tmp_path / "nope")]) == 2
+
+
+@pytest.mark.parametrize(
+    "flag, expected",
+    [
+        ("MODEL_DIR=/tmp/x", "--gin.MODEL_DIR=/tmp/x: gin cannot read '/tmp/x' (unable to parse "
+         "value); if it is a string, it needs gin's quotes inside the shell's: "
+         "--gin.MODEL_DIR=\"'/tmp/x'\""),
+        ("MIXTURE=my_sources", "--gin.MIXTURE=my_sources: gin cannot read 'my_sources' (not a "
+         "number, string, list or reference); if it is a string, it needs gin's quotes"),
+    ],
+)  # fmt: skip
+def test_unquoted_string_on_the_command_line_names_the_flag(flag, expected, capsys):
+    assert cli.main(["train", *[f"--gin_file={f}" for f in STAGE], f"--gin.{flag}"]) == 2
+    err = capsys.readouterr().err
+    assert expected in err
+    assert "ast.Name" not in err and "(line 1)" not in err
+
+
+@pytest.mark.parametrize(
+    "flag, expected",
+    [
+        ("train_loop.num_steps=0", "train_loop.num_steps must be >= 1, got 0"),
+        ("train.batch_size=0", "train.batch_size must be >= 1, got 0"),
+    ],
+)
+def test_value_out_of_range_is_one_line_and_status_2(flag, expected, capsys, tmp_path):
+    argv = ["train", *[f"--gin_file={f}" for f in STAGE], f"--gin.MODEL_DIR='{tmp_path}'",
+            "--gin.MIXTURE='mpt_embedded_source'", f"--gin.{flag}"]  # fmt: skip
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"mpt-jax train: error: {expected}" in err and "Traceback" not in err

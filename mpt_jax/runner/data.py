@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator, Mapping
 import numpy as np
 
 from mpt_jax.data.task_ids import TaskIndex, check_covers
+from mpt_jax.errors import BindingError
 
 Batches = Callable[[int], Iterator[dict[str, np.ndarray]]]
 
@@ -60,7 +61,7 @@ def train_batches(
 ) -> Batches:
     """``batches(start)``: numpy batches from position ``start`` of a fixed, endless order."""
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise BindingError(f"train.batch_size must be >= 1, got {batch_size}")
 
     def batches(start: int) -> Iterator[dict[str, np.ndarray]]:
         ds = converted_dataset(

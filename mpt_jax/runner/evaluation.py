@@ -28,6 +28,7 @@ import numpy as np
 
 from mpt_jax import decoding
 from mpt_jax.data.task_ids import TaskIndex, check_covers
+from mpt_jax.errors import BindingError
 from mpt_jax.model import PromptedT5
 from mpt_jax.training.state import merge_params
 
@@ -92,7 +93,9 @@ def make_evaluate(
     from mpt_jax.data.feature_converter import PromptEncDecFeatureConverter, check_task_lengths
 
     if batch_size < 1 or beam_size < 1:
-        raise ValueError(f"batch_size and beam_size must be >= 1, got {batch_size}, {beam_size}")
+        raise BindingError(
+            f"make_evaluate.batch_size and .beam_size must be >= 1, got {batch_size}, {beam_size}"
+        )
     check_covers(index, mixture_or_task_name)
     # seqio.Evaluator trims over-long examples silently: the length policy reads them first.
     check_task_lengths(

@@ -27,6 +27,7 @@ from typing import Any
 import gin
 
 from mpt_jax.data.task_ids import TaskIndex
+from mpt_jax.errors import BindingError
 from mpt_jax.runner import data as data_lib
 from mpt_jax.runner.backbone_loading import load_backbone
 from mpt_jax.runner.evaluation import make_evaluate
@@ -283,7 +284,7 @@ def export_prompts(
     from mpt_jax.prompts import io as prompt_io
 
     if format not in EXPORT_FORMATS:
-        raise ValueError(f"export_prompts.format must be one of {EXPORT_FORMATS}, got {format!r}")
+        raise BindingError(f"export_prompts.format must be one of {EXPORT_FORMATS}, got {format!r}")
     params, step = _restore_prompt(model_dir, step)
     index = _saved_index(model_dir)
     if format == "peft":

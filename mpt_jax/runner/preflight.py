@@ -29,6 +29,7 @@ import dataclasses
 import functools
 import glob
 import os
+import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -177,7 +178,20 @@ def parse(
         with open(found) as f:
             feed(f.read(), name, found)
     for text in bindings:
-        feed(text, f"--gin.{text.replace(' = ', '=', 1)}", None)
+        flag = f"--gin.{text.replace(' = ', '=', 1)}"
+        try:
+            feed(text, flag, None)
+        except SyntaxError as err:
+            name, _, value = text.partition("=")
+            name, value = name.strip(), value.strip()
+            reason = str(err).splitlines()[0] if str(err).strip() else ""
+            reason = re.sub(r"\s*\(line \d+\)", "", reason).strip().rstrip(".").lower()
+            if not reason or reason.startswith("malformed node"):
+                reason = "not a number, string, list or reference"  # ast's words name nothing
+            raise SyntaxError(
+                f"{flag}: gin cannot read {value!r} ({reason}); if it is a string, it needs "
+                f"gin's quotes inside the shell's: --gin.{name}=\"'{value}'\""
+            ) from None
     return config
 
 

@@ -68,6 +68,7 @@ import optax
 
 from mpt_jax.backbone import T5Config
 from mpt_jax.data.task_ids import TaskIndex, TaskIndexError, check_compatible
+from mpt_jax.errors import BindingError
 from mpt_jax.model import PromptedT5
 from mpt_jax.prompts import initializers as inits
 from mpt_jax.prompts import source_init
@@ -391,7 +392,7 @@ def target(
         :func:`~mpt_jax.training.optimizers.mpt_recipe`'s rates.
     """
     if init not in TARGET_INITS:
-        raise ValueError(f"stages.target.init must be one of {TARGET_INITS}, got {init!r}")
+        raise BindingError(f"stages.target.init must be one of {TARGET_INITS}, got {init!r}")
     prompt = build_generator(MultitaskPrompt, ctx, **(prompt_fields or {}))
     fresh = init_prompt(prompt, ctx.config.emb_dim, ctx.seed)
     meta = {"init": init, "source_dir": None if source is None else source.origin,
@@ -399,7 +400,7 @@ def target(
     if init == "fresh":
         return _stage("target", ctx, prompt, fresh, recipe, meta)
     if source is None:
-        raise ValueError(f"stages.target.init = {init!r} needs a source (stages.target.source)")
+        raise BindingError(f"stages.target.init = {init!r} needs a source (stages.target.source)")
     if set(source.params) != MPT_PARAMS:
         raise ValueError(
             f"{_where(source)} holds prompt parameters {sorted(source.params)}, "
@@ -455,7 +456,7 @@ def prompt_tuning(
     frequent pieces; None samples the whole table). ``prompt_fields``: the generator's
     fields (e.g. ``{"length": 8}``; None: its gin bindings)."""
     if init not in PROMPT_TUNING_INITS:
-        raise ValueError(f"prompt_tuning.init must be one of {PROMPT_TUNING_INITS}, got {init!r}")
+        raise BindingError(f"prompt_tuning.init must be one of {PROMPT_TUNING_INITS}, got {init!r}")
     kwargs = dict(prompt_fields or {})
     if init == "vocab":
         table = _embeddings(ctx)

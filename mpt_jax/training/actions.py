@@ -35,6 +35,7 @@ import gin
 import jax
 import numpy as np
 
+from mpt_jax.errors import BindingError
 from mpt_jax.training.checkpoints import (
     CHECKPOINT_SUBDIR,
     Checkpointer,
@@ -169,7 +170,7 @@ class NonFinite(Action):
 
     def __init__(self, policy: str = "raise"):
         if policy not in NONFINITE_POLICIES:
-            raise ValueError(
+            raise BindingError(
                 f"actions.NonFinite.policy must be one of {NONFINITE_POLICIES}, got {policy!r}"
             )
         self.policy = policy
@@ -225,9 +226,9 @@ class Checkpoint(Action):
 
     def __init__(self, every: int = 500, keep: int | None = 3, resume: bool = True):
         if every < 1:
-            raise ValueError(f"actions.Checkpoint.every must be >= 1, got {every}")
+            raise BindingError(f"actions.Checkpoint.every must be >= 1, got {every}")
         if keep is not None and keep < 1:
-            raise ValueError(f"actions.Checkpoint.keep must be >= 1 or None, got {keep}")
+            raise BindingError(f"actions.Checkpoint.keep must be >= 1 or None, got {keep}")
         self.every, self.keep, self.resume = every, keep, resume
         self._ckpt: Checkpointer | None = None
         self.saved: list[int] = []

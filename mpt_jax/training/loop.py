@@ -53,6 +53,7 @@ import jax
 import numpy as np
 import optax
 
+from mpt_jax.errors import BindingError
 from mpt_jax.training import mesh as mesh_lib
 from mpt_jax.training.actions import (
     Action,
@@ -239,12 +240,12 @@ def train_loop(
         step in flight was checkpointed; a ``SystemExit`` with code 128 + signal.
     """
     if dropout_rng_impl not in DROPOUT_RNG_IMPLS:
-        raise ValueError(
+        raise BindingError(
             f"dropout_rng_impl must be one of {DROPOUT_RNG_IMPLS}, got {dropout_rng_impl!r}"
         )
     for name, value in (("num_steps", num_steps), ("log_every", log_every)):
         if value < 1:
-            raise ValueError(f"train_loop.{name} must be >= 1, got {value}")
+            raise BindingError(f"train_loop.{name} must be >= 1, got {value}")
     actions = list(default_actions() if actions is None else actions)
     run = Run(
         task_names=tuple(task_names), num_steps=num_steps, log_every=log_every,

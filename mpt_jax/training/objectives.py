@@ -28,6 +28,7 @@ import gin
 import jax
 import jax.numpy as jnp
 
+from mpt_jax.errors import BindingError
 from mpt_jax.training import losses
 from mpt_jax.training.state import merge_params
 
@@ -118,7 +119,7 @@ class Distillation:
         if self.temperature <= 0:
             raise ValueError(f"Distillation.temperature must be > 0, got {self.temperature}")
         if self.hidden_states not in losses.HIDDEN_CHOICES:
-            raise ValueError(
+            raise BindingError(
                 f"Distillation.hidden_states must be one of {losses.HIDDEN_CHOICES}, "
                 f"got {self.hidden_states!r}"
             )

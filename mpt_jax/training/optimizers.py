@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mpt_jax.errors import BindingError
 from mpt_jax.prompts.generators import MultitaskPrompt
 
 PyTree = Any
@@ -68,7 +69,7 @@ def learning_rate_schedule(
       total_steps: required by ``"linear_decay"``.
     """
     if kind not in SCHEDULES:
-        raise ValueError(f"learning_rate_schedule.kind must be one of {SCHEDULES}, got {kind!r}")
+        raise BindingError(f"learning_rate_schedule.kind must be one of {SCHEDULES}, got {kind!r}")
     if warmup_steps < 0:
         raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
     if kind == "constant":
