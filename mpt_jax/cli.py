@@ -114,9 +114,10 @@ COMMANDS: dict[str, Command] = {
         'per line; "task" may be left out when the run has one task).',
         "the stage and backbone files the run was trained with",
         f"{_RUN} (MIXTURE is not needed with infer.input_file)",
-        "MODEL_DIR/predictions_<split>.jsonl or infer.output_file: "
-        '{"task", "inputs", "prediction", "targets"} per line (a rank-scored task\'s split: '
-        'one line per input, each label\'s log-likelihood in "scores")',
+        'MODEL_DIR/predictions_<split>.jsonl (a split: {"task", "inputs", "prediction", '
+        "\"targets\"} per line; a rank-scored task's split: one line per input, each label's "
+        'log-likelihood in "scores") or MODEL_DIR/predictions_<input file\'s stem>.jsonl (an '
+        'input file: {"task", "inputs", "prediction"}); infer.output_file overrides either',
         "mpt-jax infer --gin_file=runner/target.gin --gin_file=runner/embedded.gin \\\n"
         "    --gin.MODEL_DIR=\"'runs/target'\" --gin.SOURCE_DIR=\"'runs/source'\" \\\n"
         "    --gin.infer.input_file=\"'new.jsonl'\"",

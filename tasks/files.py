@@ -48,6 +48,7 @@ import seqio
 import tensorflow as tf
 
 from mpt_jax.data.task_ids import TASK_IDS_FEATURE, add_task_ids
+from mpt_jax.runner.preflight import relative_to_cwd
 
 from . import metrics as metrics_lib
 from . import postprocessors
@@ -218,6 +219,7 @@ class FileTask:
             if not matched:
                 raise FileNotFoundError(
                     f"file_tasks.tasks[{self.name!r}][{split!r}]: no file matches {pattern!r}"
+                    f"{relative_to_cwd(pattern)}"
                 )
             paths += matched
         return paths

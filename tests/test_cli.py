@@ -136,7 +136,7 @@ def test_eval_infer_and_export_jobs(runs, tmp_path):
     with open(os.path.join(d, "eval_results.jsonl")) as f:
         evaluated = json.loads(f.readlines()[-1])
     (trained,) = read_metrics(d, "eval")
-    assert evaluated["step"] == 4
+    assert evaluated["step"] == 4 and evaluated["split"] == "validation"
     assert evaluated[f"{TASKS[1]}/accuracy"] == trained[f"{TASKS[1]}/accuracy"]
     out = str(tmp_path / "predictions.jsonl")
     infer_bindings = {"infer.output_file": repr(out), "infer.num_examples": 5}

@@ -290,3 +290,15 @@ def test_value_out_of_range_is_one_line_and_status_2(flag, expected, capsys, tmp
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert f"mpt-jax train: error: {expected}" in err and "Traceback" not in err
+
+
+def test_a_missing_stage_file_is_named():
+    config = preflight.parse(["runner/embedded.gin"], RUN, [CONFIG_DIR])
+    with pytest.raises(preflight.PreflightError) as err:
+        preflight.check(config, "train")
+    assert "macro 'MODEL_DIR' (set at --gin.MODEL_DIR='runs/x') is read by no gin file" in str(
+        err.value
+    )
+    assert "no stage gin file reads it: add one, e.g. --gin_file=runner/teacher.gin" in str(
+        err.value
+    )

@@ -74,7 +74,8 @@ def make_evaluate(
     num_examples: int | None = None,
     beam_size: int = 1,
 ) -> Callable[[PyTree, int], dict[str, float]]:
-    """An ``evaluate(prompt_params, step)`` over the tasks of ``mixture_or_task_name``.
+    """An ``evaluate(prompt_params, step)`` over the tasks of ``mixture_or_task_name``
+    (with attributes ``split`` and ``num_examples``, as bound).
 
     Args:
       model: the prompted model (its ``prompt`` matches ``prompt_params``).
@@ -142,6 +143,7 @@ def make_evaluate(
         )
         return flatten_metrics(future.result())
 
+    evaluate.split, evaluate.num_examples = split, num_examples  # for the records of a job
     return evaluate
 
 

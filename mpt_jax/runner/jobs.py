@@ -191,17 +191,23 @@ def evaluate(
     """The seqio metrics of ``model_dir``'s checkpoint (latest, or ``step``).
 
     The metrics are returned, printed as JSON, and appended to ``output_file`` (default
-    ``<model_dir>/eval_results.jsonl``) as ``{"step", "mixture_or_task_name", metrics}``.
+    ``<model_dir>/eval_results.jsonl``) as ``{"step", "mixture_or_task_name", "split",
+    "num_examples", metrics}`` (``num_examples`` None: the whole split).
     """
     index = _saved_index(model_dir)
     config, backbone, reference, st, model = _setup(stage, index, 0)
     record = _identity(st, backbone, reference, config, index, mixture_or_task_name)
     params, step = _restore_prompt(model_dir, step, record, "evaluating")
-    metrics = make_evaluate(model, backbone, mixture_or_task_name, task_feature_lengths, index)(
-        params, step
-    )
+    evaluate = make_evaluate(model, backbone, mixture_or_task_name, task_feature_lengths, index)
+    metrics = evaluate(params, step)
     output_file = output_file or os.path.join(model_dir, "eval_results.jsonl")
-    record = {"step": step, "mixture_or_task_name": mixture_or_task_name, **metrics}
+    record = {
+        "step": step,
+        "mixture_or_task_name": mixture_or_task_name,
+        "split": evaluate.split,
+        "num_examples": evaluate.num_examples,
+        **metrics,
+    }
     with open(output_file, "a") as f:
         f.write(json.dumps(record) + "\n")
     print(json.dumps(record, indent=1))

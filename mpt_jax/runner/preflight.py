@@ -542,11 +542,18 @@ def _file_task_errors(tasks: Mapping[str, Any], where: str) -> list[str]:
                 matched = sorted(glob.glob(pattern))
                 key = f"file_tasks.tasks[{name!r}][{split!r}] (set at {where})"
                 if not matched:
-                    errors.append(f"{key}: no file matches {pattern!r}")
+                    errors.append(f"{key}: no file matches {pattern!r}{relative_to_cwd(pattern)}")
                 for path in matched:
                     if not path.endswith(".gz") and not _has_a_line(path):
                         errors.append(f"{key}: {path} holds no record (an empty file)")
     return errors
+
+
+def relative_to_cwd(path: str) -> str:
+    """``" (relative paths are read from <cwd>)"`` for a relative ``path``, else ``""``."""
+    if os.path.isabs(path) or "://" in path:
+        return ""
+    return f" (relative paths are read from the folder mpt-jax runs in, {os.getcwd()})"
 
 
 def _has_a_line(path: str) -> bool:
@@ -592,11 +599,20 @@ def unread_macros(config: ParsedConfig) -> list[str]:
     """Messages for macros set on the command line that no binding reads (a misspelled
     ``--gin.BACKBONE_CHECKPONT=…`` would otherwise be a new macro, silently unused)."""
     read = {m for b in config.bindings.values() for m in _macro_names(b.value)}
+    stage_missing = not read & set(_MACRO_EXAMPLES)  # runner/base.gin reads MODEL_DIR, MIXTURE
     return [
         f"macro {b.selector!r} (set at {b.where}) is read by no gin file{suggest(b.selector, read)}"
+        + (STAGE_HINT if stage_missing and b.selector in _MACRO_EXAMPLES else "")
         for b in config.bindings.values()
         if not b.arg and not b.scope and b.where.startswith("--") and b.selector not in read
     ]
+
+
+#: Added when a run's macros are read by no file: the stage gin file was left out.
+STAGE_HINT = (
+    "; no stage gin file reads it: add one, e.g. --gin_file=runner/teacher.gin (or "
+    "source.gin, target.gin, prompt_tuning.gin, spot.gin; `mpt-jax train --help` lists them)"
+)
 
 
 def check(

@@ -180,7 +180,7 @@ def build_generator(prompt_class: Callable[..., nn.Module], ctx: StageContext, *
     if tasks is None and hasattr(generator, "task_groups"):
         tasks = len(generator.task_groups)
     if tasks is not None and tasks != ctx.num_tasks:
-        raise ValueError(
+        raise BindingError(
             f"{type(generator).__name__} has {tasks} tasks but the run's task-id mapping has "
             f"{ctx.num_tasks}: {list(ctx.task_names)}"
         )
@@ -341,9 +341,10 @@ def source(
     check_compatible(teachers.index, TaskIndex(ctx.task_names),
                      context=f"teachers from {_where(teachers)}")  # fmt: skip
     if set(teachers.params) != {"task_prompts"}:
-        raise ValueError(
+        raise BindingError(
             f"{_where(teachers)} is not a teacher run: its prompt holds "
-            f"{sorted(teachers.params)}, expected ['task_prompts'] (TaskPrompts)"
+            f"{sorted(teachers.params)}, expected ['task_prompts'] (TaskPrompts; TEACHER_DIR "
+            "is the MODEL_DIR of a runner/teacher.gin run)"
         )
     table = np.asarray(teachers.params["task_prompts"])
     teacher_prompt = TaskPrompts(num_tasks=table.shape[0], length=table.shape[1],
@@ -402,9 +403,10 @@ def target(
     if source is None:
         raise BindingError(f"stages.target.init = {init!r} needs a source (stages.target.source)")
     if set(source.params) != MPT_PARAMS:
-        raise ValueError(
+        raise BindingError(
             f"{_where(source)} holds prompt parameters {sorted(source.params)}, "
-            f"not an MPT prompt {sorted(MPT_PARAMS)}"
+            f"not an MPT prompt {sorted(MPT_PARAMS)} (SOURCE_DIR is the MODEL_DIR of a "
+            "runner/source.gin run)"
         )
     _check_source_identity(source, ctx, mpt=True)
     params, index = source.params, source.index
@@ -478,7 +480,7 @@ def source_prompt(params: Mapping[str, Any], index: TaskIndex, task: str | None)
     keys = set(params)
     if keys == {"shared"}:
         if task is not None:
-            raise ValueError(f"the source is a single prompt; it has no task {task!r}")
+            raise BindingError(f"the source is a single prompt; it has no task {task!r}")
         return np.asarray(params["shared"])
     if keys == {"task_prompts"}:
         table = np.asarray(params["task_prompts"])
@@ -489,7 +491,7 @@ def source_prompt(params: Mapping[str, Any], index: TaskIndex, task: str | None)
             return shared
         (k,) = _ids([task], index, "spot")
         return shared * (np.asarray(params["task_cols"])[k] @ np.asarray(params["task_rows"])[k])
-    raise ValueError(f"cannot read a source prompt from parameters {sorted(keys)}")
+    raise BindingError(f"cannot read a source prompt from parameters {sorted(keys)}")
 
 
 @gin.configurable(module="stages", denylist=["ctx"])
@@ -512,7 +514,7 @@ def spot(
     prompt = build_generator(SinglePrompt, ctx, **fields)
     fresh = init_prompt(prompt, ctx.config.emb_dim, ctx.seed)
     if fresh["shared"].shape != start.shape:
-        raise ValueError(
+        raise BindingError(
             f"source prompt {start.shape} does not fit the target prompt {fresh['shared'].shape}"
         )
     rescale = source_init.Rescale() if rescale is None else rescale
