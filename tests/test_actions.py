@@ -15,6 +15,7 @@ import numpy as np
 import optax
 import pytest
 
+from mpt_jax.errors import BindingError
 from mpt_jax.prompts.generators import MultitaskPrompt
 from mpt_jax.training import actions as A
 from mpt_jax.training.checkpoints import CHECKPOINT_SUBDIR, Checkpointer, CorruptCheckpointError
@@ -194,7 +195,7 @@ def test_evaluate_runs_periodically_and_at_the_end_and_tracks_the_best(capsys):
     for s in range(1, 8):
         low.after_step(run, s, FINITE)
     assert low.best_step == 4
-    with pytest.raises(KeyError, match="'bleu' is not among"):
+    with pytest.raises(BindingError, match="'bleu' is not among"):
         A.Evaluate(metric="bleu").on_end(run)
 
 
@@ -408,3 +409,24 @@ def test_a_run_failing_before_its_first_step_writes_nothing(tmp_path):
     records = read_metrics(model_dir, "train")
     assert records[0]["step"] == 1 and "prompt_rms/task/source_0" in records[0]
     json.dumps(records)  # every recorded value is JSON
+
+
+def test_a_finished_run_started_again_trains_and_evaluates_nothing(tmp_path, capsys):
+    calls = []
+
+    def evaluate(params, step):
+        calls.append(step)
+        return {"accuracy": 50.0}
+
+    def actions():
+        return [A.Checkpoint(every=2), A.Evaluate(), A.Console(progress_bar=False)]
+
+    _loop(str(tmp_path), num_steps=2, actions=actions(), evaluate=evaluate)
+    assert calls == [2]
+    capsys.readouterr()
+    again = _loop(str(tmp_path), num_steps=2, actions=actions(), evaluate=evaluate)
+    out = capsys.readouterr().out
+    assert calls == [2] and again.train == [] and again.eval == []  # no second eval row
+    assert "nothing to train in" in out and "at step 2 of train_loop.num_steps = 2" in out
+    assert "training steps 3..2" not in out
+    assert [r["step"] for r in read_metrics(str(tmp_path), "eval")] == [2]

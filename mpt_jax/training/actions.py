@@ -324,9 +324,9 @@ class Evaluate(Action):
 
     def __init__(self, every: int = 0, metric: str | None = None, mode: str = "max"):
         if every < 0:
-            raise ValueError(f"actions.Evaluate.every must be >= 0, got {every}")
+            raise BindingError(f"actions.Evaluate.every must be >= 0, got {every}")
         if mode not in ("max", "min"):
-            raise ValueError(f"actions.Evaluate.mode must be 'max' or 'min', got {mode!r}")
+            raise BindingError(f"actions.Evaluate.mode must be 'max' or 'min', got {mode!r}")
         self.every, self.metric, self.mode = every, metric, mode
         self.best_step: int | None = None
         self.best_value: float | None = None
@@ -342,9 +342,9 @@ class Evaluate(Action):
             self.metric = next(iter(metrics))
         value = metrics.get(self.metric)
         if value is None:
-            raise KeyError(
+            raise BindingError(
                 f"actions.Evaluate.metric = {self.metric!r} is not among the eval metrics "
-                f"{sorted(metrics)}"
+                f"{sorted(metrics)}" + ("" if metrics else " (the eval tasks define no metric_fns)")
             )
         best = self.best_value
         if best is None or (value > best if self.mode == "max" else value < best):
@@ -357,6 +357,8 @@ class Evaluate(Action):
             self._run(run, step)
 
     def on_end(self, run: Run) -> None:
+        if run.start_step >= run.num_steps:
+            return  # a finished run started again: evaluated when it ended, not twice
         self._run(run, run.num_steps)
         if self.best_step is not None:
             run.summary.append(f"final eval: {_format(self.last)}")
@@ -607,6 +609,10 @@ class Console(Action):
 
             run.bar = tqdm(total=run.num_steps, initial=run.start_step, desc="train", unit="step")
         where = f" in {run.model_dir}" if run.model_dir else ""
+        if run.start_step >= run.num_steps:
+            run.echo(f"nothing to train{where}: the run is at step {run.start_step} of "
+                     f"train_loop.num_steps = {run.num_steps} (raise it to train on)")  # fmt: skip
+            return
         run.echo(f"training steps {run.start_step + 1}..{run.num_steps}{where}")
 
     def after_step(self, run: Run, step: int, metrics: Mapping[str, Any]) -> None:
