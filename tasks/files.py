@@ -48,6 +48,7 @@ import seqio
 import tensorflow as tf
 
 from mpt_jax.data.task_ids import TASK_IDS_FEATURE, add_task_ids
+from mpt_jax.errors import BindingError
 from mpt_jax.runner.preflight import relative_to_cwd
 
 from . import metrics as metrics_lib
@@ -162,7 +163,7 @@ class FileTask:
         if unknown:
             from mpt_jax.runner.preflight import suggest
 
-            raise ValueError(
+            raise BindingError(
                 f"file_tasks.tasks[{name!r}]: unknown key {unknown[0]!r}"
                 f"{suggest(unknown[0], fields)} (keys: {sorted(fields)})"
             )
@@ -172,7 +173,7 @@ class FileTask:
         kwargs["inputs"] = tuple(_as_list(kwargs.get("inputs", "inputs")))
         if kwargs.get("labels") is not None:
             if isinstance(kwargs["labels"], str) or not isinstance(kwargs["labels"], Sequence):
-                raise ValueError(
+                raise BindingError(
                     f"file_tasks.tasks[{name!r}]['labels'] = {kwargs['labels']!r}: give a list "
                     "of label names, e.g. ['no', 'yes']"
                 )
@@ -182,25 +183,25 @@ class FileTask:
     def __post_init__(self) -> None:
         where = f"file_tasks.tasks[{self.name!r}]"
         if not any(getattr(self, s) for s in SPLITS):
-            raise ValueError(f"{where}: give at least one of {SPLITS} (a jsonl or TSV file)")
+            raise BindingError(f"{where}: give at least one of {SPLITS} (a jsonl or TSV file)")
         if not self.inputs or not all(isinstance(f, str) and f for f in self.inputs):
-            raise ValueError(f"{where}: 'inputs' must name record fields; got {self.inputs!r}")
+            raise BindingError(f"{where}: 'inputs' must name record fields; got {self.inputs!r}")
         if self.metric is not None and self.metric not in METRICS:
             from mpt_jax.runner.preflight import suggest
 
-            raise ValueError(
+            raise BindingError(
                 f"{where}: metric {self.metric!r} is not a shipped metric"
                 f"{suggest(self.metric, METRICS)} (choose from {sorted(METRICS)})"
             )
         if METRICS[self.metric_name].needs_labels and not self.labels:
-            raise ValueError(
+            raise BindingError(
                 f"{where}: metric {self.metric_name!r} compares class labels; give 'labels' "
                 "(the label names) or choose 'exact_match' / 'squad'"
             )
         if self.scoring not in SCORINGS:
-            raise ValueError(f"{where}: scoring must be one of {SCORINGS}; got {self.scoring!r}")
+            raise BindingError(f"{where}: scoring must be one of {SCORINGS}; got {self.scoring!r}")
         if self.scoring == "rank" and not self.labels:
-            raise ValueError(f"{where}: scoring 'rank' ranks the labels; give 'labels'")
+            raise BindingError(f"{where}: scoring 'rank' ranks the labels; give 'labels'")
 
     @property
     def metric_name(self) -> str:
@@ -356,7 +357,7 @@ def register_file_task(task: FileTask) -> None:
         return
     if task.name in seqio.TaskRegistry.names():
         if task.name not in _REGISTERED:
-            raise ValueError(
+            raise BindingError(
                 f"file_tasks.tasks[{task.name!r}]: a seqio task of that name already exists "
                 "(a shipped or your own Python task); choose another name"
             )
@@ -421,7 +422,7 @@ def register_file_tasks() -> list[str]:
     for name, members in mixtures.items():
         missing = [m for m in members if m not in known]
         if missing:
-            raise ValueError(
+            raise BindingError(
                 f"file_tasks.mixtures[{name!r}]: no task named {missing} (own tasks: "
                 f"{[t.name for t in tasks]})"
             )

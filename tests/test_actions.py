@@ -219,6 +219,16 @@ def test_console_line_has_loss_per_task_lr_rate_and_eta(capsys):
     assert run.summary[0].startswith("final train: loss 1.235, loss/task_a 1.1")
 
 
+def test_console_line_of_a_distilled_step_separates_task_loss_and_distillation(capsys):
+    run, console = make_run(num_steps=100), A.Console(progress_bar=False)
+    record = {"loss": 1.1465, "task_loss": 0.5167, "kl": 0.4307, "mse": 0.2691,
+              "loss/task_a": 0.497, "loss/task_b": 0.516}  # fmt: skip
+    console.on_log(run, 25, record)
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert line == ("step 25/100  loss 1.1465 (task 0.517: task_a 0.497, task_b 0.516; "
+                    "kl 0.431, mse 0.269)")  # fmt: skip
+
+
 def test_learning_rates_are_read_from_injected_hyperparameters():
     tx = optax.inject_hyperparams(optax.adafactor)(
         learning_rate=optax.linear_schedule(0.0, 1.0, 10)

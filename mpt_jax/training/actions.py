@@ -627,8 +627,14 @@ class Console(Action):
         if "loss" in record:
             parts.append(f"loss {record['loss']:.4f}")
         per_task = [(k[len("loss/") :], v) for k, v in record.items() if k.startswith("loss/")]
-        if per_task:
-            parts[-1] += " (" + ", ".join(f"{n} {v:.3f}" for n, v in per_task) + ")"
+        inside = ", ".join(f"{n} {v:.3f}" for n, v in per_task)
+        distilled = [k for k in ("kl", "mse") if record.get(k)]
+        if distilled and "task_loss" in record:  # the objective is the task loss + distillation
+            terms = ", ".join(f"{k} {record[k]:.3f}" for k in distilled)
+            inside = f"task {record['task_loss']:.3f}" + (f": {inside}" if inside else "")
+            inside += f"; {terms}"
+        if inside:
+            parts[-1] += f" ({inside})"
         rates = [(k, v) for k, v in record.items() if k.startswith("learning_rate")]
         parts += [f"{k.replace('learning_rate', 'lr')} {v:.3g}" for k, v in rates]
         task_rms = [v for k, v in record.items() if k.startswith("prompt_rms/task/")]
