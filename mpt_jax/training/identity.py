@@ -269,11 +269,21 @@ def check_identity(
     if refused:
         lines = "\n  ".join(d for _, ds in refused for d in ds)
         names = [p for p, _ in refused]
+        other_class = any(d.startswith("generator.class:") for _, ds in refused for d in ds)
+        way_out = (
+            f"if the change is intended, bind check_identity.allow = {names!r} (the "
+            "change is then logged)"
+        )
+        if other_class:  # e.g. the source stage pointed at a teacher run's MODEL_DIR
+            way_out += (
+                "; that reads the saved parameters only if both generators have the same "
+                "names and shapes. To start a stage from an earlier run, give that run as "
+                "TEACHER_DIR / SOURCE_DIR and a new MODEL_DIR"
+            )
         raise IdentityError(
             f"{context}: the checkpoint was made by another "
             f"{' and '.join(names)} than this run's:\n  {lines}\n"
-            f"Use the configuration it was made with; if the change is intended, bind "
-            f"check_identity.allow = {names!r} (the change is then logged)."
+            f"Use the configuration it was made with; {way_out}."
         )
 
 
