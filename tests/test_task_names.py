@@ -7,10 +7,12 @@ import sys
 from mpt_jax.runner import preflight
 
 
-def test_listed_names_equal_a_fresh_process_registry():
-    # A fresh process: this one's registry may hold tasks other tests registered.
+def test_listed_names_equal_a_fresh_process_registry(tmp_path):
+    # A fresh process: this one's registry may hold tasks other tests registered. Run from
+    # an empty folder: `python -m` puts the working folder first on sys.path, and the
+    # checkout's mpt_jax/ (without tasks/) would shadow an installed package.
     result = subprocess.run([sys.executable, "-m", "mpt_jax.tasks.names", "--check"],
-                            capture_output=True, text=True, timeout=300)  # fmt: skip
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert "mpt_embedded_source" in preflight.shipped_task_names()
     assert "mpt_glue_rte_16shot" in preflight.shipped_task_names()
