@@ -49,7 +49,6 @@ import tensorflow as tf
 
 from mpt_jax.data.task_ids import TASK_IDS_FEATURE, add_task_ids
 from mpt_jax.errors import BindingError
-from mpt_jax.runner.preflight import relative_to_cwd
 
 from . import metrics as metrics_lib
 from . import postprocessors
@@ -218,6 +217,8 @@ class FileTask:
         for pattern in getattr(self, split):
             matched = sorted(glob.glob(pattern)) or sorted(tf.io.gfile.glob(pattern))
             if not matched:
+                from mpt_jax.runner.preflight import relative_to_cwd
+
                 raise FileNotFoundError(
                     f"file_tasks.tasks[{self.name!r}][{split!r}]: no file matches {pattern!r}"
                     f"{relative_to_cwd(pattern)}"
