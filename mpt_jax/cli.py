@@ -125,11 +125,11 @@ COMMANDS: dict[str, Command] = {
     "export-prompts": Command(
         ("mpt_jax.runner.jobs", "export_prompts"),
         "Write a run's prompt as .npy files or a Hugging Face PEFT adapter.",
-        "the stage file the run was trained with",
+        "none needed (runner/base.gin by default: the prompt is read from the checkpoint, "
+        "whichever stage made it)",
         "MODEL_DIR, export_prompts.output_dir",
         "the prompt files and task_index.json in export_prompts.output_dir",
-        "mpt-jax export-prompts --gin_file=runner/target.gin \\\n"
-        "    --gin.MODEL_DIR=\"'runs/target'\" \\\n"
+        "mpt-jax export-prompts --gin.MODEL_DIR=\"'runs/target'\" \\\n"
         "    --gin.export_prompts.output_dir=\"'adapter'\" --gin.export_prompts.format=\"'peft'\"",
     ),
     "demo": Command(
@@ -544,6 +544,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.job == "plot":
         return _plot(args)
+    if args.job == "export-prompts" and not args.gin_file:
+        args.gin_file = ["runner/base.gin"]  # the prompt comes from the checkpoint, any stage
     from mpt_jax.runner import preflight
 
     paths = search_paths(args.gin_search_paths)

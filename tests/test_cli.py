@@ -160,6 +160,11 @@ def test_eval_infer_and_export_jobs(runs, tmp_path):
     peft, config = prompt_io.import_peft(str(tmp_path / "peft"))
     np.testing.assert_array_equal(peft["task_rows"], params["task_rows"])
     assert config["num_tasks"] == 1
+    # No stage file: the prompt comes from the checkpoint (runner/base.gin by default).
+    bare = str(tmp_path / "bare")
+    assert _run("export-prompts", MODEL_DIR=repr(d),
+                **{"export_prompts.output_dir": repr(bare)}) == 0  # fmt: skip
+    np.testing.assert_array_equal(np.load(tmp_path / "bare" / "shared.npy"), params["shared"])
 
 
 def test_unknown_binding_is_an_error_that_names_it(capsys):
