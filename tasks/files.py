@@ -177,6 +177,13 @@ class FileTask:
                     "of label names, e.g. ['no', 'yes']"
                 )
             kwargs["labels"] = tuple(str(label) for label in kwargs["labels"])
+            repeated = sorted({x for x in kwargs["labels"] if kwargs["labels"].count(x) > 1})
+            if not kwargs["labels"] or repeated:
+                raise BindingError(
+                    f"file_tasks.tasks[{name!r}]['labels'] = {list(kwargs['labels'])}: give "
+                    "distinct label names"
+                    + (f" ({repeated} repeated)" if repeated else " (the list is empty)")
+                )
         return cls(name=name, **kwargs)
 
     def __post_init__(self) -> None:
@@ -244,8 +251,16 @@ def _records(path: str) -> Iterator[tuple[int, Mapping[str, Any]]]:
         lines[0] = lines[0].removeprefix("\ufeff")
     if stem.endswith((".tsv", ".tab")):
         reader = csv.DictReader(io.StringIO("".join(lines)), delimiter="\t", quoting=csv.QUOTE_NONE)
-        for number, row in enumerate(reader, start=2):
-            yield number, row
+        for row in reader:
+            extra, missing = row.pop(None, []), [k for k, v in row.items() if v is None]
+            if extra or missing:
+                names = reader.fieldnames or []
+                raise FileTaskError(
+                    f"{path}:{reader.line_num}: the row has "
+                    f"{len(names) + len(extra) - len(missing)} tab-separated field(s); the "
+                    f"header names {len(names)}: {names}"
+                )
+            yield reader.line_num, row
         return
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -258,13 +273,20 @@ def _records(path: str) -> Iterator[tuple[int, Mapping[str, Any]]]:
 
 def _field(record: Mapping[str, Any], key: str, where: str) -> Any:
     if not isinstance(record, Mapping):
-        raise FileTaskError(f"{where}: expected a JSON object per line; got {record!r:.80}")
+        shown = repr(record)
+        shown = shown if len(shown) <= 80 else shown[:77] + "..."
+        raise FileTaskError(f"{where}: expected a JSON object per line; got {shown}")
     if key not in record:
         header = " (a TSV file's first line names its fields)" if ".tsv" in where else ""
         raise FileTaskError(
             f"{where}: the record has no field {key!r} (fields: {sorted(record)}){header}"
         )
-    return record[key]
+    value = record[key]
+    if value is None or isinstance(value, list | dict):
+        raise FileTaskError(
+            f"{where}: field {key!r} is {json.dumps(value)[:60]}; expected text or a number"
+        )
+    return value
 
 
 def _label_index(value: Any, labels: Sequence[str], where: str) -> int:

@@ -229,6 +229,19 @@ def test_file_contents_are_checked_when_registered(tmp_path):
     task = files.FileTask.from_mapping("own_bad_record", {"train": str(bad), **labels})
     with pytest.raises(files.FileTaskError, match=rf"{bad}:51: the record has no field 'answer'"):
         files.register_file_task(task)
+    for name, text, message in (
+        ("null.jsonl", '{"text": null, "answer": "no"}\n', ":1: field 'text' is null; expected"),
+        ("list.jsonl", '{"text": ["a"], "answer": "no"}\n', ":1: field 'text' is \\[\"a\"\\]"),
+        ("extra.tsv", "text\tanswer\nA\tyes\tz\n", ":2: the row has 3 tab-separated field"),
+        ("short.tsv", "text\tanswer\nA\tyes\n\nB\n", ":4: the row has 1 tab-separated field"),
+    ):
+        (tmp_path / name).write_text(text)
+        task = files.FileTask.from_mapping("t", {"train": str(tmp_path / name), **labels})
+        with pytest.raises(files.FileTaskError, match=f"{name}{message}"):
+            list(files.examples(task, "train"))
+    for bad_labels, message in (([], "the list is empty"), (["no", "no"], "\\['no'\\] repeated")):
+        with pytest.raises(ValueError, match=f"give distinct label names \\({message}"):
+            files.FileTask.from_mapping("t", {"train": "a.jsonl", "labels": bad_labels})
     headerless = tmp_path / "nohdr.tsv"
     headerless.write_text("A\tyes\nB\tno\n")
     task = files.FileTask.from_mapping("own_headerless", {"train": str(headerless), **labels})
