@@ -191,7 +191,8 @@ def check_compatible(saved: TaskIndex, current: TaskIndex, *, context: str = "")
     raise TaskIndexError(
         f"{prefix}the task-id mapping differs from the saved one. saved: {list(saved.names)}; "
         f"current: {list(current.names)}; differences: {'; '.join(diffs[:5])}"
-        f"{' …' if len(diffs) > 5 else ''}. Use the saved mapping (TaskIndex.load) or map "
+        f"{' …' if len(diffs) > 5 else ''}. Give this run the saved run's tasks (with "
+        "mpt-jax: the same MIXTURE); in Python, use the saved mapping (TaskIndex.load) or map "
         "tasks explicitly when initialising from a source checkpoint."
     )
 
