@@ -37,7 +37,7 @@ import csv
 import dataclasses
 import functools
 import glob
-import io
+import itertools
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -246,11 +246,14 @@ class FileTaskError(ValueError):
 def _records(path: str) -> Iterator[tuple[int, Mapping[str, Any]]]:
     """``(line number, record)`` of a jsonl or TSV file (TSV: the first line names fields)."""
     stem = path.removesuffix(".gz")
-    lines = list(_lines(path))
-    if lines:  # a byte-order mark (Windows editors, Excel) is encoding, not data
-        lines[0] = lines[0].removeprefix("\ufeff")
+    stream = _lines(path)  # read as a stream: a task's files may be large
+    first = next(stream, None)
+    if first is None:
+        return
+    # a byte-order mark (Windows editors, Excel) is encoding, not data
+    lines = itertools.chain([first.removeprefix("\ufeff")], stream)
     if stem.endswith((".tsv", ".tab")):
-        reader = csv.DictReader(io.StringIO("".join(lines)), delimiter="\t", quoting=csv.QUOTE_NONE)
+        reader = csv.DictReader(lines, delimiter="\t", quoting=csv.QUOTE_NONE)
         for row in reader:
             extra, missing = row.pop(None, []), [k for k, v in row.items() if v is None]
             if extra or missing:
@@ -373,11 +376,11 @@ def register_file_task(task: FileTask) -> None:
     before with another definition). Every record of its files is read now, so a missing
     or empty file, a line that is not JSON, a missing field or a target that is not a label
     is a :class:`FileTaskError` naming ``file:line`` before any training starts."""
+    if _REGISTERED.get(task.name) == task and task.name in seqio.TaskRegistry.names():
+        return
     for split in task.splits:
         for _ in examples(task, split):  # every record once: its errors name file:line now
             pass
-    if _REGISTERED.get(task.name) == task and task.name in seqio.TaskRegistry.names():
-        return
     if task.name in seqio.TaskRegistry.names():
         if task.name not in _REGISTERED:
             raise BindingError(

@@ -615,6 +615,16 @@ STAGE_HINT = (
 )
 
 
+def _with_origin(config: ParsedConfig, binding: Binding) -> Binding:
+    """``binding`` whose ``where`` also names where its macro's value was given."""
+    if isinstance(binding.value, Macro) and config.macro(binding.value.name):
+        macro = config.macro(binding.value.name)
+        return dataclasses.replace(
+            binding, where=f"{binding.where} from {binding.value.name} at {macro.where}"
+        )
+    return binding
+
+
 def check(
     config: ParsedConfig, job: str, extra: Iterable[str] = (), task_modules: Sequence[str] = ()
 ) -> None:
@@ -637,11 +647,7 @@ def check(
         value = config.resolve(binding.value)
         if value == REQUIRED:
             continue  # reported as a required macro, or gin's own message
-        if isinstance(binding.value, Macro) and config.macro(binding.value.name):
-            macro = config.macro(binding.value.name)  # name where the value was given
-            binding = dataclasses.replace(
-                binding, where=f"{binding.where} from {binding.value.name} at {macro.where}"
-            )
+        binding = _with_origin(config, binding)
         message = parameter_error(binding)
         if message:
             errors.append(message)
@@ -748,10 +754,7 @@ def task_name_errors(config: ParsedConfig, job: str, task_modules: Sequence[str]
         value = None if binding is None else config.resolve(binding.value)
         if not isinstance(value, str) or value in known:
             continue
-        where = binding.where
-        if isinstance(binding.value, Macro) and config.macro(binding.value.name):
-            where = f"{where} from {binding.value.name} at {config.macro(binding.value.name).where}"
-        errors.append(unknown_task_message(name, value, known, where))
+        errors.append(unknown_task_message(name, value, known, _with_origin(config, binding).where))
     return errors
 
 
