@@ -305,6 +305,41 @@ def test_attention_dropout_drops_key_columns_as_t5(monkeypatch):
     np.testing.assert_allclose(np.asarray(out), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_project_values_and_gradients_equal_autodiff(dtype):
+    """`project`'s hand-written backward against autodiff of `matmul` and the formula."""
+    from mpt_jax.backbone.layers import matmul, project
+
+    kx, kk, kg = jax.random.split(jax.random.key(1), 3)
+    x, kernel = jax.random.normal(kx, (2, 9, 4)), jax.random.normal(kk, (4, 6))
+    cot = jax.random.normal(kg, (2, 9, 6))
+    ours_fn = lambda x, k: project(x, k, jnp.dtype(dtype))
+    ref_fn = lambda x, k: matmul("...i,io->...o", x, k, jnp.dtype(dtype))
+    out = ours_fn(x, kernel)
+    assert out.dtype == jnp.float32
+    np.testing.assert_array_equal(out, ref_fn(x, kernel))
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == "float32" else dict(rtol=2e-2, atol=5e-2)
+    ours = jax.grad(lambda *a: jnp.sum(ours_fn(*a) * cot), (0, 1))(x, kernel)
+    ref = jax.grad(lambda *a: jnp.sum(ref_fn(*a) * cot), (0, 1))(x, kernel)
+    x64, k64, g64 = (np.asarray(a, np.float64) for a in (x, kernel, cot))
+    formula = (np.einsum("bso,io->bsi", g64, k64), np.einsum("bsi,bso->io", x64, g64))
+    for got, autodiff, expected in zip(ours, ref, formula, strict=True):
+        assert got.shape == expected.shape and got.dtype == autodiff.dtype == jnp.float32
+        np.testing.assert_allclose(got, autodiff, **tol)
+        np.testing.assert_allclose(got, expected, **tol)
+    # A frozen kernel (prompt tuning): the same input gradient, in the input's dtype,
+    # and no weight-gradient matmul in the program at all.
+    for x_in in (x, x.astype(jnp.bfloat16)):
+        grad_x = jax.grad(lambda x: jnp.sum(ours_fn(x, kernel) * cot))
+        dx = grad_x(x_in)
+        assert dx.dtype == x_in.dtype
+        loose = dict(rtol=2e-2, atol=5e-2)
+        x_tol = tol if x_in.dtype == jnp.float32 else loose
+        np.testing.assert_allclose(dx.astype(jnp.float32), formula[0], **x_tol)
+        eqns = jax.make_jaxpr(grad_x)(x_in).jaxpr.eqns
+        assert [e.primitive.name for e in eqns].count("dot_general") == 1  # dx only
+
+
 @pytest.mark.parametrize("bias_shape", [(2, 3, 4, 6), (1, 3, 4, 6), (2, 1, 4, 6), None])
 def test_attention_core_values_and_gradients_equal_autodiff(bias_shape):
     """The hand-written backward pass against autodiff of the plain formula."""

@@ -40,6 +40,56 @@ def matmul(equation: str, x: Array, kernel: Array, dtype: jnp.dtype) -> Array:
     )
 
 
+def project(x: Array, kernel: Array, dtype: jnp.dtype) -> Array:
+    """`matmul("...i,io->...o", x, kernel, dtype)` with a hand-written backward pass.
+
+    `x` `[..., in]`, `kernel` `[in, out]` -> `[..., out]` float32. The backward pass
+    forms `dx = g kernelᵀ` and `dkernel = xᵀ g` as two plain einsums over the
+    `[..., out]` cotangent (float32, as autodiff pairs it with `dtype` operands).
+    Attention's query/key/value (as 2-D matmuls, the heads split off after) and the
+    MLP's `wi*` use it. Against the code before it (head-major einsums, autodiff's
+    backward), side by side on 2 CPU cores (Zen 4, float32, one process, alternating
+    rounds, `mini` and `small`): the full fine-tuning step 0.86x the time (its weight
+    gradients), the forward pass 0.93-0.94x; the prompt-only train step 0.95-1.00x
+    (bfloat16, dropout 0: 1.01x), no change beyond the noise. The same backward on the
+    MLP's `wo` and the vocabulary projection gained nothing.
+    """
+    return _project(x, kernel, jnp.dtype(dtype).name)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _project(x: Array, kernel: Array, dtype: str) -> Array:
+    return matmul("...i,io->...o", x, kernel, dtype)
+
+
+def _project_fwd(x, kernel, dtype):
+    # `symbolic_zeros=True`: the primals arrive wrapped, with `perturbed` telling whether
+    # they are differentiated. A frozen kernel (prompt tuning) needs no gradient, so
+    # `x` is not saved and no `dkernel` is formed (not even as dead code in the jaxpr);
+    # an empty array of `x`'s dtype stands in for it.
+    out = _project(x.value, kernel.value, dtype)
+    if kernel.perturbed:
+        return out, {"kernel": kernel.value, "x": x.value}
+    return out, {"kernel": kernel.value, "x_dtype": jnp.zeros((0,), x.value.dtype)}
+
+
+def _project_bwd(dtype, residuals, g):
+    kernel = residuals["kernel"]
+    x_dtype = residuals["x"].dtype if "x" in residuals else residuals["x_dtype"].dtype
+    if isinstance(g, jax.custom_derivatives.SymbolicZero):
+        return None, None
+    f32 = jnp.float32
+    dx = jnp.einsum("...o,io->...i", g, kernel.astype(dtype), preferred_element_type=f32)
+    if "x" not in residuals:
+        return dx.astype(x_dtype), None
+    x = residuals["x"].astype(dtype)
+    dkernel = jnp.einsum("...i,...o->io", x, g, preferred_element_type=f32)
+    return dx.astype(x_dtype), dkernel.astype(kernel.dtype)
+
+
+_project.defvjp(_project_fwd, _project_bwd, symbolic_zeros=True)
+
+
 def _softmax(x: Array) -> Array:
     """Softmax over the last axis (the max subtracted first; fully masked rows stay finite)."""
     unnormalised = jnp.exp(x - jnp.max(x, axis=-1, keepdims=True))
@@ -341,14 +391,18 @@ class MultiHeadAttention(nn.Module):
         wv = _kernel("value", shape_in, in_axes, fan_in)
         wo = _kernel("out", (joined, embed), ("joined_kv", "embed"), fan_in)
 
-        heads = lambda w: w.reshape(w.shape[0], self.num_heads, self.head_dim)
-        # [batch, length, embed] x [embed, heads, head_dim] -> [batch, heads, length, head_dim]
-        q = matmul("bse,ehd->bhsd", inputs_q, heads(wq), self.dtype)
+        def project_heads(x: Array, kernel: Array) -> Array:
+            # [batch, length, embed] x [embed, heads * head_dim] -> [batch, length, joined]
+            # -> [batch, heads, length, head_dim]: one 2-D matmul, then the heads split off
+            # (faster than the head-major einsum `bse,ehd->bhsd`; see `project`).
+            y = project(x, kernel, self.dtype)
+            y = y.reshape(y.shape[:-1] + (self.num_heads, self.head_dim))
+            return jnp.swapaxes(y, 1, 2)
+
+        q = project_heads(inputs_q, wq)
 
         def project_kv():
-            k = matmul("bse,ehd->bhsd", inputs_kv, heads(wk), self.dtype)
-            v = matmul("bse,ehd->bhsd", inputs_kv, heads(wv), self.dtype)
-            return k, v
+            return project_heads(inputs_kv, wk), project_heads(inputs_kv, wv)
 
         if decode and self.cross_attention:
             k, v = self._cached_cross_kv(project_kv)
@@ -474,7 +528,7 @@ class MlpBlock(nn.Module):
             name = "wi" if len(self.activations) == 1 else f"wi_{i}"
             kernel = _kernel(name, (embed, self.intermediate_dim), ("embed", "mlp"),
                                   init)  # fmt: skip
-            h = _ACTIVATION_FNS[act](matmul("...e,em->...m", x, kernel, self.dtype))
+            h = _ACTIVATION_FNS[act](project(x, kernel, self.dtype))
             hidden = h if hidden is None else hidden * h
         hidden = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(
             hidden, deterministic=deterministic
