@@ -18,7 +18,8 @@ The ways:
   LLVM at ``-O0``, and XLA:CPU's ``FAST_COMPILE`` preset. Neither is the library's
   default: ``benchmarks/README.md`` ("Cold compile") gives their compile and step times.
 
-Target: the whole compile (trace + lower + XLA) of ``small`` within 5 s on CPU.
+Targets (issue 17): the whole compile (trace + lower + XLA) of ``small`` within 5 s on
+CPU when cold (every cold mode is held to it), within 1 s from the warm cache.
 
     python -m benchmarks.bench_compile --sizes mini,small --reps 3 --json compile.json
 """
@@ -36,8 +37,10 @@ from jax._src import compilation_cache as jax_cache
 from benchmarks import common
 from mpt_jax import compile_cache, training
 
-#: Target for the whole compile of the ``small`` train step on CPU (seconds).
+#: Target for the whole cold compile of the ``small`` train step on CPU (seconds).
 SMALL_TARGET_S = 5.0
+#: Target for the same compile from a warm persistent cache (seconds).
+SMALL_WARM_TARGET_S = 1.0
 #: Per-compile XLA options timed as extra cold modes (names are ``DebugOptions``
 #: fields of jaxlib 0.10.2; an unknown one raises ``INVALID_ARGUMENT``).
 XLA_OPTION_MODES: dict[str, dict[str, Any]] = {
@@ -46,6 +49,13 @@ XLA_OPTION_MODES: dict[str, dict[str, Any]] = {
 }
 #: The ways a compile is timed (see the module docstring).
 MODES = ("cold", "cold_rbg", "warm", *XLA_OPTION_MODES)
+
+
+def small_target_s(mode: str) -> float:
+    """The target (seconds) for the ``small`` train step's compile in ``mode``."""
+    if mode not in MODES:
+        raise ValueError(f"unknown compile mode {mode!r}; known: {MODES}")
+    return SMALL_WARM_TARGET_S if mode == "warm" else SMALL_TARGET_S
 
 
 def compile_once(
@@ -114,7 +124,7 @@ def run(
                 name = (
                     "small_total_compile_s" if mode == "cold" else f"small_{mode}_total_compile_s"
                 )
-                ratios.append(common.ratio(name, figures[name], SMALL_TARGET_S))
+                ratios.append(common.ratio(name, figures[name], small_target_s(mode)))
     return common.result(
         "compile", common.workload(sizes[0], dtype), figures, ratios, sizes=list(sizes)
     )
