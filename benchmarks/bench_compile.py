@@ -16,7 +16,8 @@ The ways:
 - ``cold_o0``, ``cold_fast_compile``: cold, with per-compile XLA options
   (:data:`XLA_OPTION_MODES`, passed to ``Lowered.compile(compiler_options=...)``):
   LLVM at ``-O0``, and XLA:CPU's ``FAST_COMPILE`` preset. Neither is the library's
-  default: ``benchmarks/README.md`` ("Cold compile") gives their compile and step times.
+  default: ``benchmarks/README.md`` ("Cold compile", measured on a Zen 3) gives their
+  compile times and the ``-O0`` step's cost.
 
 Targets (issue 17): the whole compile (trace + lower + XLA) of ``small`` within 5 s on
 CPU when cold (every cold mode is held to it), within 1 s from the warm cache.

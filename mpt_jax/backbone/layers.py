@@ -50,7 +50,7 @@ def project(x: Array, kernel: Array, dtype: jnp.dtype) -> Array:
     MLP's `wi*` use it. Against the code before it (head-major einsums, autodiff's
     backward), side by side on 2 CPU cores (Zen 4, float32, one process, alternating
     rounds, `mini` and `small`): the full fine-tuning step 0.86x the time (its weight
-    gradients), the forward pass 0.93-0.94x; the prompt-only train step 0.95-1.00x
+    gradients), the forward pass 0.93-0.95x; the prompt-only train step 0.95-1.00x
     (bfloat16, dropout 0: 1.01x), no change beyond the noise. The same backward on the
     MLP's `wo` and the vocabulary projection gained nothing.
     """
