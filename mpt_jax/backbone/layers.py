@@ -54,36 +54,31 @@ def project(x: Array, kernel: Array, dtype: jnp.dtype) -> Array:
     (bfloat16, dropout 0: 1.01x), no change beyond the noise. The same backward on the
     MLP's `wo` and the vocabulary projection gained nothing.
     """
-    return _project(x, kernel, jnp.dtype(dtype).name)
+    return _project(x, kernel, jnp.dtype(dtype).name, x.dtype.name)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _project(x: Array, kernel: Array, dtype: str) -> Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _project(x: Array, kernel: Array, dtype: str, x_dtype: str) -> Array:
     return matmul("...i,io->...o", x, kernel, dtype)
 
 
-def _project_fwd(x, kernel, dtype):
+def _project_fwd(x, kernel, dtype, x_dtype):
     # `symbolic_zeros=True`: the primals arrive wrapped, with `perturbed` telling whether
     # they are differentiated. A frozen kernel (prompt tuning) needs no gradient, so
-    # `x` is not saved and no `dkernel` is formed (not even as dead code in the jaxpr);
-    # an empty array of `x`'s dtype stands in for it.
-    out = _project(x.value, kernel.value, dtype)
-    if kernel.perturbed:
-        return out, {"kernel": kernel.value, "x": x.value}
-    return out, {"kernel": kernel.value, "x_dtype": jnp.zeros((0,), x.value.dtype)}
+    # `x` is not saved and no `dkernel` is formed (not even as dead code in the jaxpr).
+    out = _project(x.value, kernel.value, dtype, x_dtype)
+    return out, (kernel.value, x.value if kernel.perturbed else None)
 
 
-def _project_bwd(dtype, residuals, g):
-    kernel = residuals["kernel"]
-    x_dtype = residuals["x"].dtype if "x" in residuals else residuals["x_dtype"].dtype
+def _project_bwd(dtype, x_dtype, residuals, g):
+    kernel, x = residuals
     if isinstance(g, jax.custom_derivatives.SymbolicZero):
         return None, None
     f32 = jnp.float32
     dx = jnp.einsum("...o,io->...i", g, kernel.astype(dtype), preferred_element_type=f32)
-    if "x" not in residuals:
+    if x is None:
         return dx.astype(x_dtype), None
-    x = residuals["x"].astype(dtype)
-    dkernel = jnp.einsum("...i,...o->io", x, g, preferred_element_type=f32)
+    dkernel = jnp.einsum("...i,...o->io", x.astype(dtype), g, preferred_element_type=f32)
     return dx.astype(x_dtype), dkernel.astype(kernel.dtype)
 
 
